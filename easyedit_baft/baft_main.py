@@ -1,0 +1,97 @@
+"""apply_baft_to_model: BaFT behind EasyEdit's method interface."""
+
+from __future__ import annotations
+
+import copy as copy_module
+import logging
+import time
+from typing import Any, List, Optional, Tuple
+
+from . import layers as plumbing
+from .hparams import BaFTHyperParams
+from .requests import validate_requests
+from .trainer import build_interventions, train_edit
+
+LOG = logging.getLogger(__name__)
+
+# Fields that fix the shape of the interventions: later edits on the same model must agree.
+STRUCTURAL_FIELDS = ("layers", "rank", "gate")
+
+
+class RestoreEdit:
+    """Undoes one apply_baft_to_model call exactly; EasyEdit calls it after a non-sequential edit."""
+
+    def __init__(self, model, snapshot: Optional[dict]):
+        self.model, self.snapshot = model, snapshot
+
+    def __call__(self) -> None:
+        state = plumbing.get_state(self.model)
+        if self.snapshot is None or state is None:
+            plumbing.detach(self.model)  # the model had no edits before: remove every hook
+        else:
+            state.restore(self.snapshot)
+
+
+def _check_compatible(state: plumbing.BaFTState, hparams: BaFTHyperParams) -> None:
+    for name in STRUCTURAL_FIELDS:
+        before, now = state.hparams[name], getattr(hparams, name)
+        if before != now:
+            raise ValueError(
+                f"{name}={now!r}, but this model already carries BaFT edits made with {name}={before!r}; "
+                f"use {name}={before!r} to add edits, or remove the existing edits first"
+            )
+
+
+def apply_baft_to_model(
+    model,
+    tok,
+    requests: List[dict],
+    hparams: BaFTHyperParams,
+    copy: bool = False,
+    return_orig_weights: bool = False,
+    keep_original_weight: bool = False,
+    **kwargs: Any,
+) -> Tuple[Any, Any]:
+    """Edit `model` so that each request's prompt is followed by its target_new.
+
+    Edits accumulate: calling again on the same model adds to the same interventions.
+    Returns (edited_model, weights_copy); weights_copy is a callable that undoes this call
+    (EasyEdit restores BaFT by calling it), or {} when return_orig_weights is False.
+    If anything fails, the model is left exactly as it was before the call.
+    """
+    if not isinstance(hparams, BaFTHyperParams):
+        raise TypeError(
+            f"hparams is a {type(hparams).__name__}; pass BaFTHyperParams "
+            "(e.g. BaFTHyperParams.from_hparams('hparams/BaFT/llama-7b.yaml'))"
+        )
+    requests = validate_requests(requests)
+    plumbing.decoder_layers(model)  # an unsupported architecture fails here, before any change
+    if copy:
+        model = copy_module.deepcopy(model)
+
+    state = plumbing.get_state(model)
+    snapshot = None
+    if state is None:
+        state = plumbing.attach(model, build_interventions(model, hparams), hparams.to_dict())
+    else:
+        _check_compatible(state, hparams)
+        snapshot = state.snapshot()
+    undo = RestoreEdit(model, snapshot)
+
+    try:
+        report = train_edit(model, tok, requests, hparams, state)
+    except BaseException:
+        undo()  # an exception, a KeyboardInterrupt or a non-finite loss: leave no trace
+        raise
+
+    state.edit_count += len(requests)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    for request in requests:
+        state.edit_log.append(
+            {"prompt": request["prompt"], "target_new": request["target_new"],
+             "subject": request.get("subject"), "time": stamp}
+        )
+    LOG.info("BaFT: %d request(s) in %d steps, %.2fs, edit loss %.4f, holds=%s",
+             len(requests), report.steps, report.seconds, report.edit_loss, report.holds)
+    state.last_report = report
+    return model, (undo if return_orig_weights else {})

@@ -1,0 +1,221 @@
+"""The training loop of one BaFT edit (one request or a batch trained together).
+
+    L = L_edit + lambda_loc * (KL + lambda_gate * gate_on_unrelated) + lambda_lb * L_lb
+
+Only the interventions' parameters train; the model stays frozen and its .grad untouched.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import layers as plumbing
+from .hparams import BaFTHyperParams
+from .prompt_sources import CONTEXT_PREFIXES, unrelated_prompts
+from .requests import pad_id_of, pad_rows, target_token_ids
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or the gates became NaN or inf; the edit was abandoned."""
+
+
+@dataclass
+class EditReport:
+    steps: int
+    seconds: float
+    final_loss: float
+    edit_loss: float
+    holds: bool  # every target token (this edit and replayed ones) is the argmax
+
+
+@dataclass
+class _Row:
+    ids: List[int]
+    n_prompt: int  # positions before this are context; the target starts here
+    kind: str  # 'edit', 'context' (edit after a prefix), 'replay' or 'unrelated'
+    request: int = -1  # index into this call's requests, for edit rows
+
+
+def _edit_rows(tok, requests: List[dict], hp: BaFTHyperParams, rng: random.Random) -> List[_Row]:
+    rows = []
+    prefixes = rng.sample(CONTEXT_PREFIXES, min(hp.n_context_prefixes, len(CONTEXT_PREFIXES)))
+    for i, request in enumerate(requests):
+        where = f"request {i} (prompt {request['prompt']!r:.60})"
+        ids, n_prompt = target_token_ids(tok, request["prompt"], request["target_new"], hp.max_length, where)
+        rows.append(_Row(ids, n_prompt, "edit", i))
+        for prefix in prefixes:
+            ids, n_prompt = target_token_ids(
+                tok, f"{prefix} {request['prompt']}", request["target_new"], hp.max_length + 16, where
+            )
+            rows.append(_Row(ids, n_prompt, "context", i))
+    return rows
+
+
+def _unrelated_rows(tok, requests: List[dict], hp: BaFTHyperParams, rng: random.Random) -> List[_Row]:
+    pool = unrelated_prompts(hp.locality_source)
+    chosen = rng.sample(pool, min(hp.n_locality_prompts, len(pool)))
+    # WISE's convention: the caller may pass its own unrelated prompt with each request.
+    chosen += [r["loc_prompt"] for r in requests if r.get("loc_prompt")]
+    rows = []
+    for text in chosen:
+        ids = tok(text)["input_ids"][-hp.max_length :]
+        if ids:
+            rows.append(_Row(ids, len(ids), "unrelated"))
+    return rows
+
+
+def _input_device(model) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+def _gate_mean(gates: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean gate vector per row over real tokens: (B, T, r), (B, T) -> (B, r)."""
+    mask = mask.to(gates.dtype).unsqueeze(-1)
+    return (gates * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+def _load_balance(module: plumbing.BaFTIntervention, edit_gates: torch.Tensor, edit_count: int) -> torch.Tensor:
+    """Incremental term (pay for bases past edits use) plus a Switch-style term within a batch."""
+    prior = module.basis_usage / max(edit_count, 1)
+    loss = (prior.to(edit_gates.device) * edit_gates).sum(-1).mean()
+    if edit_gates.shape[0] > 1:
+        share = edit_gates / edit_gates.sum(-1, keepdim=True).clamp_min(1e-8)
+        loss = loss + module.rank * (share.mean(0) ** 2).sum() - 1.0
+    return loss
+
+
+def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plumbing.BaFTState) -> EditReport:
+    """Fit the interventions in `state` so that `requests` hold; edits before stay in place."""
+    start = time.perf_counter()
+    rng = random.Random(hp.seed + state.edit_count)
+    rows = _edit_rows(tok, requests, hp, rng)
+    n_new = len(rows)
+    replayed = rng.sample(state.replay_memory, min(hp.replay_edits, len(state.replay_memory)))
+    rows += [_Row(list(m["ids"]), m["n_prompt"], "replay") for m in replayed]
+    rows += _unrelated_rows(tok, requests, hp, rng)
+
+    device = _input_device(model)
+    batch = pad_rows([r.ids for r in rows], [r.n_prompt for r in rows], pad_id_of(tok)).to(device)
+    kinds = [r.kind for r in rows]
+    scored = torch.tensor([k in ("edit", "context", "replay") for k in kinds], device=device)
+    must_hold = torch.tensor([k in ("edit", "replay") for k in kinds], device=device)
+    unrelated = torch.tensor([k == "unrelated" for k in kinds], device=device)
+    edit_main = [i for i, r in enumerate(rows) if r.kind == "edit"]
+
+    # Positions whose next-token prediction is trained: targets of scored rows, all of unrelated rows.
+    shift_labels = batch.labels[:, 1:]
+    shift_mask = batch.attention_mask[:, 1:].bool()
+    target_pos = (shift_labels != -100) & scored[:, None]
+    unrelated_pos = shift_mask & unrelated[:, None]
+
+    base_model, head = model.base_model, model.get_output_embeddings()
+    lowest = min(state.interventions)
+    modules = [state.interventions[i] for i in sorted(state.interventions)]
+    params = [p for m in modules for p in m.parameters()]
+
+    def hidden_states():
+        out = base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        return out.last_hidden_state[:, :-1]
+
+    with torch.no_grad():
+        # The next-token distribution before this edit, which unrelated prompts must keep.
+        reference = F.log_softmax(head(hidden_states()[unrelated_pos]).float(), -1) if unrelated_pos.any() else None
+        cached = plumbing.capture_layer_input(model, lowest, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+
+    optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    was_training = model.training
+    model.eval()
+    for m in modules:
+        m.record_gates = True
+    report = EditReport(0, 0.0, math.nan, math.nan, False)
+    try:
+        with plumbing.reuse_layer_input(model, lowest, cached):
+            for step in tqdm(range(hp.n_steps), desc="BaFT edit", leave=False, disable=None):
+                with torch.enable_grad():
+                    hidden = hidden_states()
+                    target_logits = head(hidden[target_pos]).float()
+                    target_ids = shift_labels[target_pos]
+                    token_nll = F.cross_entropy(target_logits, target_ids, reduction="none")
+                    # Mean per row first, so long targets do not outweigh short ones.
+                    row_of = target_pos.nonzero()[:, 0]
+                    row_nll = torch.zeros(len(rows), device=device).index_add(0, row_of, token_nll)
+                    row_len = torch.zeros(len(rows), device=device).index_add(0, row_of, torch.ones_like(token_nll))
+                    edit_loss = (row_nll[scored] / row_len[scored].clamp_min(1)).mean()
+
+                    correct = target_logits.argmax(-1) == target_ids
+                    holds = bool(correct[must_hold[row_of]].all())
+                    loss = edit_loss
+                    if reference is not None and hp.lambda_loc > 0:
+                        current = F.log_softmax(head(hidden[unrelated_pos]).float(), -1)
+                        kl = F.kl_div(current, reference, log_target=True, reduction="batchmean")
+                        gate_on_unrelated = torch.stack(
+                            [_gate_mean(m.last_gates, batch.attention_mask)[unrelated].mean() for m in modules]
+                        ).mean()
+                        loss = loss + hp.lambda_loc * (kl + hp.lambda_gate * gate_on_unrelated)
+                    if hp.lambda_lb > 0 and hp.gate == "learned":
+                        lb = torch.stack(
+                            [
+                                _load_balance(m, _gate_mean(m.last_gates, batch.attention_mask)[edit_main], state.edit_count)
+                                for m in modules
+                            ]
+                        ).mean()
+                        loss = loss + hp.lambda_lb * lb
+
+                    if not torch.isfinite(loss) or any(not torch.isfinite(m.last_gates).all() for m in modules):
+                        raise NonFiniteError(
+                            f"non-finite loss or gates at step {step} while editing "
+                            f"{[r['prompt'] for r in requests]!r:.200}; lower lr (now {hp.lr}) or check the model's dtype"
+                        )
+                    report = EditReport(step, 0.0, float(loss), float(edit_loss), holds)
+                    stop = (hp.early_stop == "argmax" and holds) or (
+                        hp.early_stop == "loss" and float(edit_loss) < hp.early_stop_loss
+                    )
+                    if stop:
+                        break
+                    grads = torch.autograd.grad(loss, params, allow_unused=True)
+                for p, g in zip(params, grads):
+                    p.grad = g
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                report.steps = hp.n_steps
+        # Record which bases this edit opens (gates of the last forward), for later edits' balancing.
+        with torch.no_grad():
+            for m in modules:
+                opened = _gate_mean(m.last_gates.detach(), batch.attention_mask)[edit_main].sum(0)
+                m.basis_usage += opened.to(m.basis_usage.device)
+    finally:
+        for m in modules:
+            m.record_gates, m.last_gates = False, None
+        model.train(was_training)
+
+    for r in rows[:n_new]:
+        if r.kind == "edit":
+            state.replay_memory.append({"ids": tuple(r.ids), "n_prompt": r.n_prompt})
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def build_interventions(model, hp: BaFTHyperParams) -> Dict[int, plumbing.BaFTIntervention]:
+    """Fresh, identity-at-init interventions for hp.layers, seeded by hp.seed."""
+    d, n_layers = plumbing.hidden_size(model), len(plumbing.decoder_layers(model))
+    bad = [i for i in hp.layers if i >= n_layers]
+    if bad:
+        raise ValueError(f"layers={hp.layers}: {bad} out of range; this model has layers 0..{n_layers - 1}")
+    if hp.rank > d:
+        raise ValueError(f"rank={hp.rank} exceeds the model's hidden size {d}; use rank <= {d}")
+    generator = torch.Generator().manual_seed(hp.seed)
+    return {
+        i: plumbing.BaFTIntervention(
+            d, hp.rank, hp.gate_temperature, hp.gate_init_bias, hp.gate_init_std, hp.gate, generator
+        )
+        for i in hp.layers
+    }
