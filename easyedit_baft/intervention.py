@@ -1,7 +1,7 @@
 """The BaFT intervention: a gated update of a hidden state inside a rank-r subspace.
 
     Phi(h) = h + R^T ( g(h) * (W h + b - R h) )
-    g(h)   = sigmoid( (U h + c) / tau )
+    g(h)   = sigmoid( (U h + c) / tau ),  h RMS-normalised first when gate_input_norm is on
 
 R (r x d) has orthonormal rows. With g == 1 this is LoReFT (Wu et al., 2024).
 This module is math only: it knows nothing of models, layers or training.
@@ -31,12 +31,14 @@ class BaFTIntervention(nn.Module):
         gate_init_std: float = 0.0,
         gate_mode: str = "learned",
         generator: torch.Generator | None = None,
+        gate_input_norm: bool = True,
     ):
         super().__init__()
         if rank > hidden_size:
             raise ValueError(f"rank={rank} exceeds hidden_size={hidden_size}; use rank <= {hidden_size}")
         self.hidden_size, self.rank = hidden_size, rank
         self.temperature, self.gate_mode = float(temperature), gate_mode
+        self.gate_input_norm = gate_input_norm
 
         rotation = nn.Linear(hidden_size, rank, bias=False)
         nn.init.orthogonal_(rotation.weight, generator=generator)
@@ -63,6 +65,10 @@ class BaFTIntervention(nn.Module):
         """g(h) in (0, 1)^r for every position of h (..., d)."""
         if self.gate_mode == "ones":
             return torch.ones(*h.shape[:-1], self.rank, dtype=h.dtype, device=h.device)
+        if self.gate_input_norm:
+            # Residual-stream norms vary by orders of magnitude across positions and layers;
+            # gating on the direction keeps the sigmoid out of saturation.
+            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
         return torch.sigmoid(self.gate_proj(h) / self.temperature)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

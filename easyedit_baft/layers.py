@@ -173,6 +173,32 @@ def capture_layer_input(model: nn.Module, index: int, **inputs) -> torch.Tensor:
     return captured["h"]
 
 
+def capture_intervention_inputs(model: nn.Module, indices: List[int], **inputs) -> Dict[int, torch.Tensor]:
+    """Run the model once (no grad) and return what each intervention at `indices` receives."""
+    layers = decoder_layers(model)
+    captured: Dict[int, torch.Tensor] = {}
+    last = max(indices)
+
+    def make_hook(index):
+        def hook(_layer, _args, output):
+            captured[index] = _hidden_of(output).detach()
+            if index == last:
+                raise _StopForward
+        return hook
+
+    # prepend=True: runs before the intervention's own hook, so it sees the layer's raw output.
+    handles = [layers[i].register_forward_hook(make_hook(i), prepend=True) for i in indices]
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
 class _StopForward(Exception):
     """Ends a forward pass early once the wanted hidden states are captured."""
 

@@ -1,6 +1,6 @@
 """The training loop of one BaFT edit (one request or a batch trained together).
 
-    L = L_edit + lambda_loc * (KL + lambda_gate * gate_on_unrelated) + lambda_lb * L_lb
+    L = L_edit + lambda_loc * (gate_on_unrelated + kl_weight * KL) + lambda_lb * L_lb
 
 Only the interventions' parameters train; the model stays frozen and its .grad untouched.
 """
@@ -92,33 +92,37 @@ def _load_balance(module: plumbing.BaFTIntervention, edit_gates: torch.Tensor, e
     return loss
 
 
+def _batch_mask(rows: List[_Row], kinds, device) -> torch.Tensor:
+    return torch.tensor([r.kind in kinds for r in rows], device=device)
+
+
 def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plumbing.BaFTState) -> EditReport:
     """Fit the interventions in `state` so that `requests` hold; edits before stay in place."""
     start = time.perf_counter()
     rng = random.Random(hp.seed + state.edit_count)
-    rows = _edit_rows(tok, requests, hp, rng)
-    n_new = len(rows)
+    new_rows = _edit_rows(tok, requests, hp, rng)
     replayed = rng.sample(state.replay_memory, min(hp.replay_edits, len(state.replay_memory)))
-    rows += [_Row(list(m["ids"]), m["n_prompt"], "replay") for m in replayed]
-    rows += _unrelated_rows(tok, requests, hp, rng)
+    rows = new_rows + [_Row(list(m["ids"]), m["n_prompt"], "replay") for m in replayed]
+    unrelated_rows = _unrelated_rows(tok, requests, hp, rng)
+    use_kl = hp.lambda_loc > 0 and hp.kl_weight > 0 and bool(unrelated_rows)
+    if use_kl:  # the KL term needs the unrelated prompts' full forward pass; the gate term does not
+        rows += unrelated_rows
 
     device = _input_device(model)
-    batch = pad_rows([r.ids for r in rows], [r.n_prompt for r in rows], pad_id_of(tok)).to(device)
-    kinds = [r.kind for r in rows]
-    scored = torch.tensor([k in ("edit", "context", "replay") for k in kinds], device=device)
-    must_hold = torch.tensor([k in ("edit", "replay") for k in kinds], device=device)
-    unrelated = torch.tensor([k == "unrelated" for k in kinds], device=device)
+    pad_id = pad_id_of(tok)
+    batch = pad_rows([r.ids for r in rows], [r.n_prompt for r in rows], pad_id).to(device)
+    scored = _batch_mask(rows, ("edit", "context", "replay"), device)
+    must_hold = _batch_mask(rows, ("edit", "replay"), device)
     edit_main = [i for i, r in enumerate(rows) if r.kind == "edit"]
 
-    # Positions whose next-token prediction is trained: targets of scored rows, all of unrelated rows.
+    # Next-token positions that train: targets of scored rows; every position of unrelated rows.
     shift_labels = batch.labels[:, 1:]
-    shift_mask = batch.attention_mask[:, 1:].bool()
     target_pos = (shift_labels != -100) & scored[:, None]
-    unrelated_pos = shift_mask & unrelated[:, None]
+    unrelated_pos = batch.attention_mask[:, 1:].bool() & _batch_mask(rows, ("unrelated",), device)[:, None]
 
     base_model, head = model.base_model, model.get_output_embeddings()
-    lowest = min(state.interventions)
-    modules = [state.interventions[i] for i in sorted(state.interventions)]
+    indices = sorted(state.interventions)
+    modules = [state.interventions[i] for i in indices]
     params = [p for m in modules for p in m.parameters()]
 
     def hidden_states():
@@ -126,9 +130,16 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
         return out.last_hidden_state[:, :-1]
 
     with torch.no_grad():
-        # The next-token distribution before this edit, which unrelated prompts must keep.
-        reference = F.log_softmax(head(hidden_states()[unrelated_pos]).float(), -1) if unrelated_pos.any() else None
-        cached = plumbing.capture_layer_input(model, lowest, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        cached = plumbing.capture_layer_input(model, indices[0], input_ids=batch.input_ids,
+                                              attention_mask=batch.attention_mask)
+        reference = F.log_softmax(head(hidden_states()[unrelated_pos]).float(), -1) if use_kl else None
+        unrelated_states = None
+        if unrelated_rows and hp.lambda_loc > 0 and hp.gate == "learned":
+            loc = pad_rows([r.ids for r in unrelated_rows], [len(r.ids) for r in unrelated_rows], pad_id).to(device)
+            # What each gate sees on unrelated prompts (exact for one layer; pre-edit below for several).
+            unrelated_states = plumbing.capture_intervention_inputs(
+                model, indices, input_ids=loc.input_ids, attention_mask=loc.attention_mask)
+            loc_mask = loc.attention_mask
 
     optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
     was_training = model.training
@@ -137,7 +148,7 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
         m.record_gates = True
     report = EditReport(0, 0.0, math.nan, math.nan, False)
     try:
-        with plumbing.reuse_layer_input(model, lowest, cached):
+        with plumbing.reuse_layer_input(model, indices[0], cached):
             for step in tqdm(range(hp.n_steps), desc="BaFT edit", leave=False, disable=None):
                 with torch.enable_grad():
                     hidden = hidden_states()
@@ -149,36 +160,31 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
                     row_nll = torch.zeros(len(rows), device=device).index_add(0, row_of, token_nll)
                     row_len = torch.zeros(len(rows), device=device).index_add(0, row_of, torch.ones_like(token_nll))
                     edit_loss = (row_nll[scored] / row_len[scored].clamp_min(1)).mean()
-
-                    correct = target_logits.argmax(-1) == target_ids
-                    holds = bool(correct[must_hold[row_of]].all())
+                    holds = bool((target_logits.argmax(-1) == target_ids)[must_hold[row_of]].all())
                     loss = edit_loss
-                    if reference is not None and hp.lambda_loc > 0:
+
+                    if unrelated_states is not None:
+                        gate_on_unrelated = torch.stack(
+                            [_gate_mean(m.gates(unrelated_states[i].float()), loc_mask).mean()
+                             for i, m in zip(indices, modules)]).mean()
+                        loss = loss + hp.lambda_loc * gate_on_unrelated
+                    if reference is not None:
                         current = F.log_softmax(head(hidden[unrelated_pos]).float(), -1)
                         kl = F.kl_div(current, reference, log_target=True, reduction="batchmean")
-                        gate_on_unrelated = torch.stack(
-                            [_gate_mean(m.last_gates, batch.attention_mask)[unrelated].mean() for m in modules]
-                        ).mean()
-                        loss = loss + hp.lambda_loc * (kl + hp.lambda_gate * gate_on_unrelated)
+                        loss = loss + hp.lambda_loc * hp.kl_weight * kl
                     if hp.lambda_lb > 0 and hp.gate == "learned":
-                        lb = torch.stack(
-                            [
-                                _load_balance(m, _gate_mean(m.last_gates, batch.attention_mask)[edit_main], state.edit_count)
-                                for m in modules
-                            ]
-                        ).mean()
+                        lb = torch.stack([
+                            _load_balance(m, _gate_mean(m.last_gates, batch.attention_mask)[edit_main], state.edit_count)
+                            for m in modules]).mean()
                         loss = loss + hp.lambda_lb * lb
 
                     if not torch.isfinite(loss) or any(not torch.isfinite(m.last_gates).all() for m in modules):
                         raise NonFiniteError(
                             f"non-finite loss or gates at step {step} while editing "
-                            f"{[r['prompt'] for r in requests]!r:.200}; lower lr (now {hp.lr}) or check the model's dtype"
-                        )
-                    report = EditReport(step, 0.0, float(loss), float(edit_loss), holds)
-                    stop = (hp.early_stop == "argmax" and holds) or (
-                        hp.early_stop == "loss" and float(edit_loss) < hp.early_stop_loss
-                    )
-                    if stop:
+                            f"{[r['prompt'] for r in requests]!r:.200}; lower lr (now {hp.lr}) or check the model's dtype")
+                    report = EditReport(step, 0.0, loss.item(), edit_loss.item(), holds)
+                    if (hp.early_stop == "argmax" and holds) or (
+                        hp.early_stop == "loss" and edit_loss.item() < hp.early_stop_loss):
                         break
                     grads = torch.autograd.grad(loss, params, allow_unused=True)
                 for p, g in zip(params, grads):
@@ -197,7 +203,7 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
             m.record_gates, m.last_gates = False, None
         model.train(was_training)
 
-    for r in rows[:n_new]:
+    for r in new_rows:
         if r.kind == "edit":
             state.replay_memory.append({"ids": tuple(r.ids), "n_prompt": r.n_prompt})
     report.seconds = time.perf_counter() - start
@@ -215,7 +221,8 @@ def build_interventions(model, hp: BaFTHyperParams) -> Dict[int, plumbing.BaFTIn
     generator = torch.Generator().manual_seed(hp.seed)
     return {
         i: plumbing.BaFTIntervention(
-            d, hp.rank, hp.gate_temperature, hp.gate_init_bias, hp.gate_init_std, hp.gate, generator
+            d, hp.rank, hp.gate_temperature, hp.gate_init_bias, hp.gate_init_std, hp.gate, generator,
+            hp.gate_input_norm,
         )
         for i in hp.layers
     }

@@ -63,15 +63,18 @@ class BaFTHyperParams(_HostHyperParams):
     gate_temperature: float = 1.0
     gate_init_bias: float = -3.0  # gates start nearly closed, so unrelated inputs start untouched
     gate_init_std: float = 0.0
+    gate_input_norm: bool = True  # the gate reads h / rms(h): a project choice, see intervention.py
 
     # Loss weights: L = L_edit + lambda_loc * L_loc + lambda_lb * L_lb.
-    lambda_loc: float = 1.0  # KL to the pre-edit next-token distribution on unrelated prompts
-    lambda_gate: float = 1.0  # mean gate on unrelated prompts (part of L_loc, scaled by lambda_loc)
+    # L_loc = mean gate on unrelated prompts + kl_weight * KL to their pre-edit next-token
+    # distribution. The gate term needs no forward pass above the layer; the KL term does.
+    lambda_loc: float = 1.0
+    kl_weight: float = 0.0
     lambda_lb: float = 0.1  # incremental load balancing over bases
 
     # Unrelated prompts for L_loc: 'builtin' (shipped with the package) or a file path.
     locality_source: str = "builtin"
-    n_locality_prompts: int = 8
+    n_locality_prompts: int = 32
 
     # Generalisation: the target is also trained after this many short neutral prefixes.
     n_context_prefixes: int = 2
@@ -184,7 +187,7 @@ def validate(hp: BaFTHyperParams) -> None:
         or (isinstance(hp.device, str) and hp.device.split(":")[0] in ("cpu", "cuda", "mps"))
     ):
         _fail("device", hp.device, "use a CUDA index (0, 1, ...) or 'cpu', 'cuda', 'cuda:N', 'mps'")
-    for name in ("model_parallel", "fp16"):
+    for name in ("model_parallel", "fp16", "gate_input_norm"):
         _check_bool(hp, name)
     _check_int(hp, "batch_size", 1)
     _check_int(hp, "max_length", 1)
@@ -209,7 +212,7 @@ def validate(hp: BaFTHyperParams) -> None:
     _check_float(hp, "gate_temperature", 0.0, strictly_above=True)
     _check_float(hp, "gate_init_bias", -math.inf)
     _check_float(hp, "gate_init_std", 0.0)
-    for name in ("lambda_loc", "lambda_gate", "lambda_lb"):
+    for name in ("lambda_loc", "kl_weight", "lambda_lb"):
         _check_float(hp, name, 0.0)
     if not isinstance(hp.locality_source, str) or not hp.locality_source:
         _fail("locality_source", hp.locality_source, "use 'builtin' or the path of a prompts file")
