@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import copy as copy_module
 import logging
+import threading
 import time
 from typing import Any, List, Optional, Tuple
+
+import torch
 
 from . import layers as plumbing
 from .hparams import BaFTHyperParams
@@ -13,6 +16,9 @@ from .requests import validate_requests
 from .trainer import build_interventions, train_edit
 
 LOG = logging.getLogger(__name__)
+
+# Serialises use of torch's global RNG while interventions are built (see _fresh_interventions).
+_GLOBAL_RNG_LOCK = threading.Lock()
 
 # Fields that fix the shape of the interventions: later edits on the same model must agree.
 STRUCTURAL_FIELDS = ("layers", "rank", "gate")
@@ -30,6 +36,18 @@ class RestoreEdit:
             plumbing.detach(self.model)  # the model had no edits before: remove every hook
         else:
             state.restore(self.snapshot)
+
+
+def _fresh_interventions(model, hparams: BaFTHyperParams):
+    """build_interventions with torch's global RNG seeded by hparams.seed, and left as it was.
+
+    parametrizations.orthogonal completes R to a square orthogonal matrix with torch.randn from the
+    global RNG, and that completion steers training: without this, an edit would depend on (and
+    advance) the caller's random state, and two threads editing at once would disturb each other.
+    """
+    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(hparams.seed)
+        return build_interventions(model, hparams)
 
 
 def _check_compatible(state: plumbing.BaFTState, hparams: BaFTHyperParams) -> None:
@@ -72,7 +90,7 @@ def apply_baft_to_model(
     state = plumbing.get_state(model)
     snapshot = None
     if state is None:
-        state = plumbing.attach(model, build_interventions(model, hparams), hparams.to_dict())
+        state = plumbing.attach(model, _fresh_interventions(model, hparams), hparams.to_dict())
     else:
         _check_compatible(state, hparams)
         snapshot = state.snapshot()
@@ -80,18 +98,19 @@ def apply_baft_to_model(
 
     try:
         report = train_edit(model, tok, requests, hparams, state)
+        # Bookkeeping stays inside the try: an interrupt here must not leave a half-recorded edit.
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        state.edit_log.extend(
+            {"prompt": request["prompt"], "target_new": request["target_new"],
+             "subject": request.get("subject"), "time": stamp}
+            for request in requests
+        )
+        state.edit_count += len(requests)
+        state.last_report = report
     except BaseException:
         undo()  # an exception, a KeyboardInterrupt or a non-finite loss: leave no trace
         raise
 
-    state.edit_count += len(requests)
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    for request in requests:
-        state.edit_log.append(
-            {"prompt": request["prompt"], "target_new": request["target_new"],
-             "subject": request.get("subject"), "time": stamp}
-        )
     LOG.info("BaFT: %d request(s) in %d steps, %.2fs, edit loss %.4f, holds=%s",
              len(requests), report.steps, report.seconds, report.edit_loss, report.holds)
-    state.last_report = report
     return model, (undo if return_orig_weights else {})

@@ -71,15 +71,19 @@ class BaFTIntervention(nn.Module):
             h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
         return torch.sigmoid(self.gate_proj(h) / self.temperature)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def change(self, h: torch.Tensor, record: bool = False) -> torch.Tensor:
+        """Phi(h) - h in float32: R^T (g(h) * (W h + b - R h))."""
         x = h.to(torch.float32)
         R = self.R
         # (W - R) h + b equals W h + b - R h, and is exactly zero when W == R and b == 0.
         coords = x @ (self.source.weight - R).T + self.source.bias
         g = self.gates(x)
-        if self.record_gates:
+        if record:
             self.last_gates = g
-        return (x + (g * coords) @ R).to(h.dtype)
+        return (g * coords) @ R
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return (h.to(torch.float32) + self.change(h, record=self.record_gates)).to(h.dtype)
 
     def num_parameters(self) -> int:
         """Trainable numbers: R, W, U (r x d each) and b, c (r each): 3rd + 2r."""

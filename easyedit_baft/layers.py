@@ -104,6 +104,22 @@ class BaFTState:
         self.replay_memory = list(snap["replay_memory"])
 
 
+class _InterventionHook:
+    """Forward hook that applies one intervention to its layer's output.
+
+    An object rather than a closure: copy.deepcopy(model) then copies the hook together with
+    the model's state and interventions, so a copied model computes with its own edits.
+    """
+
+    def __init__(self, state: BaFTState, module: BaFTIntervention):
+        self.state, self.module = state, module
+
+    def __call__(self, _layer, _args, output):
+        if not self.state.enabled:
+            return output
+        return _replace_hidden(output, self.module(_hidden_of(output)))
+
+
 def get_state(model: nn.Module) -> Optional[BaFTState]:
     return model.__dict__.get(STATE_ATTR)
 
@@ -117,13 +133,7 @@ def attach(model: nn.Module, interventions: Dict[int, BaFTIntervention], hparams
     for index, module in sorted(interventions.items()):
         module.to(layer_device(layers[index]))
         state.interventions[index] = module
-
-        def hook(_layer, _args, output, module=module):
-            if not state.enabled:
-                return output
-            return _replace_hidden(output, module(_hidden_of(output)))
-
-        state.hooks.append(layers[index].register_forward_hook(hook))
+        state.hooks.append(layers[index].register_forward_hook(_InterventionHook(state, module)))
     # A plain attribute, not a submodule: the model's state_dict and parameters stay as they were.
     model.__dict__[STATE_ATTR] = state
     return state
@@ -242,3 +252,18 @@ def reuse_layer_input(model: nn.Module, index: int, cached: torch.Tensor) -> Ite
         for i, layer in enumerate(originals):
             layers[i] = layer
         handle.remove()
+
+
+class NoEditsError(ValueError):
+    """An operation needs BaFT edits on the model, and it carries none."""
+
+
+def require_state(model: nn.Module, action: str) -> BaFTState:
+    """The model's edit state, or NoEditsError saying what `action` needed."""
+    state = get_state(model)
+    if state is None or not state.interventions:
+        raise NoEditsError(
+            f"{action}: this model carries no BaFT edits; edit it with apply_baft_to_model "
+            "or load saved edits with load_edits first"
+        )
+    return state

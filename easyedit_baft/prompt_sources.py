@@ -39,8 +39,7 @@ def _prompts_from_records(records: list, path: Path) -> List[str]:
         elif isinstance(record, dict):
             for key in ("loc", "locality_prompt", "prompt", "src"):
                 if isinstance(record.get(key), str) and record[key].strip():
-                    # ZsRE's 'loc' fields read "nq question: ..."; the prefix is not part of the question.
-                    prompts.append(record[key].replace("nq question: ", "").strip())
+                    prompts.append(record[key].strip())
                     break
     if not prompts:
         raise ValueError(

@@ -1,6 +1,6 @@
 """The training loop of one BaFT edit (one request or a batch trained together).
 
-    L = L_edit + lambda_loc * (gate_on_unrelated + kl_weight * KL) + lambda_lb * L_lb
+    L = L_edit + lambda_loc * (unrelated_change + kl_weight * KL) + lambda_lb * L_lb
 
 Only the interventions' parameters train; the model stays frozen and its .grad untouched.
 """
@@ -82,6 +82,22 @@ def _gate_mean(gates: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (gates * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
 
+def _gate_peak(gates: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Largest value per row over real tokens: (B, T, k), (B, T) -> (B, k); values are >= 0."""
+    return (gates * mask.to(gates.dtype).unsqueeze(-1)).amax(1)
+
+
+def _locality_penalty(module: plumbing.BaFTIntervention, states: torch.Tensor, mask: torch.Tensor,
+                      rule: str) -> torch.Tensor:
+    """How much the intervention touches unrelated prompts (states: its inputs there, (B, T, d))."""
+    if rule == "gate_mean":
+        return _gate_mean(module.gates(states), mask).mean()
+    # 'change_peak': the relative change of the hidden state at each prompt's worst position.
+    # A gate alone can look small while large coordinates behind it still move the state.
+    relative = module.change(states).norm(dim=-1) / states.norm(dim=-1).clamp_min(1e-6)
+    return _gate_peak(relative.unsqueeze(-1), mask).mean()
+
+
 def _load_balance(module: plumbing.BaFTIntervention, edit_gates: torch.Tensor, edit_count: int) -> torch.Tensor:
     """Incremental term (pay for bases past edits use) plus a Switch-style term within a batch."""
     prior = module.basis_usage / max(edit_count, 1)
@@ -134,7 +150,8 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
                                               attention_mask=batch.attention_mask)
         reference = F.log_softmax(head(hidden_states()[unrelated_pos]).float(), -1) if use_kl else None
         unrelated_states = None
-        if unrelated_rows and hp.lambda_loc > 0 and hp.gate == "learned":
+        # With gate='ones' (ReFT) only the change penalty is meaningful; the gate mean is constant.
+        if unrelated_rows and hp.lambda_loc > 0 and not (hp.gate == "ones" and hp.locality_penalty == "gate_mean"):
             loc = pad_rows([r.ids for r in unrelated_rows], [len(r.ids) for r in unrelated_rows], pad_id).to(device)
             # What each gate sees on unrelated prompts (exact for one layer; pre-edit below for several).
             unrelated_states = plumbing.capture_intervention_inputs(
@@ -164,10 +181,10 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
                     loss = edit_loss
 
                     if unrelated_states is not None:
-                        gate_on_unrelated = torch.stack(
-                            [_gate_mean(m.gates(unrelated_states[i].float()), loc_mask).mean()
-                             for i, m in zip(indices, modules)]).mean()
-                        loss = loss + hp.lambda_loc * gate_on_unrelated
+                        terms = [_locality_penalty(m, unrelated_states[i].float(), loc_mask, hp.locality_penalty)
+                                 for i, m in zip(indices, modules)]
+                        unrelated_change = torch.stack(terms).mean()
+                        loss = loss + hp.lambda_loc * unrelated_change
                     if reference is not None:
                         current = F.log_softmax(head(hidden[unrelated_pos]).float(), -1)
                         kl = F.kl_div(current, reference, log_target=True, reduction="batchmean")

@@ -30,6 +30,7 @@ if _HostHyperParams is None:
 ALG_NAME = "BaFT"
 EARLY_STOP_RULES = ("argmax", "loss", "none")
 GATE_MODES = ("learned", "ones")
+LOCALITY_PENALTIES = ("change_peak", "gate_mean")
 
 
 class HParamsError(ValueError):
@@ -66,9 +67,12 @@ class BaFTHyperParams(_HostHyperParams):
     gate_input_norm: bool = True  # the gate reads h / rms(h): a project choice, see intervention.py
 
     # Loss weights: L = L_edit + lambda_loc * L_loc + lambda_lb * L_lb.
-    # L_loc = mean gate on unrelated prompts + kl_weight * KL to their pre-edit next-token
-    # distribution. The gate term needs no forward pass above the layer; the KL term does.
+    # L_loc = locality_penalty on unrelated prompts + kl_weight * KL to their pre-edit next-token
+    # distribution. The penalty needs no forward pass above the layer; the KL term does.
     lambda_loc: float = 1.0
+    # 'change_peak': relative change of the hidden state at the worst position of each unrelated
+    # prompt; 'gate_mean': mean gate over positions. A project choice, decided by benchmarks.
+    locality_penalty: str = "change_peak"
     kl_weight: float = 0.0
     lambda_lb: float = 0.1  # incremental load balancing over bases
 
@@ -209,6 +213,7 @@ def validate(hp: BaFTHyperParams) -> None:
     _check_float(hp, "early_stop_loss", 0.0, strictly_above=True)
     _check_float(hp, "weight_decay", 0.0)
     _check_choice(hp, "gate", GATE_MODES)
+    _check_choice(hp, "locality_penalty", LOCALITY_PENALTIES)
     _check_float(hp, "gate_temperature", 0.0, strictly_above=True)
     _check_float(hp, "gate_init_bias", -math.inf)
     _check_float(hp, "gate_init_std", 0.0)

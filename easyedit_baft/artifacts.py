@@ -1,0 +1,368 @@
+"""Edits as portable artifacts: save a model's BaFT edits, load them onto a fresh model, remove them.
+
+A saved edit is a directory of two files:
+
+    edits.safetensors   every intervention's tensors, named layers.{i}.{state_dict key}
+                        (the orthogonal parametrization's stored tensors and basis_usage included)
+    edit_config.json    format version, the base model's identity, the BaFT hparams, the edit
+                        log, edit_count, the replay memory, and the sha256 of edits.safetensors
+
+Loading reads only safetensors and JSON, so it never executes code from the artifact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Union
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+
+from . import layers as plumbing
+from .explain import Explanation, explain, render_heatmap
+from .hparams import BaFTHyperParams, HParamsError
+from .layers import NoEditsError
+from .trainer import build_interventions
+
+__all__ = [
+    "ArtifactError",
+    "NoEditsError",
+    "Explanation",
+    "save_edits",
+    "load_edits",
+    "remove_edits",
+    "explain",
+    "render_heatmap",
+    "base_model_fingerprint",
+    "FORMAT_VERSION",
+    "WEIGHTS_NAME",
+    "CONFIG_NAME",
+]
+
+FORMAT_NAME = "easyedit-baft-edits"
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "edits.safetensors"
+CONFIG_NAME = "edit_config.json"
+EDIT_METHOD = "BaFT"
+# Evenly spaced values per parameter tensor that enter the base-model fingerprint.
+FINGERPRINT_SAMPLES = 1024
+FINGERPRINT_METHOD = f"sha256 of shapes and {FINGERPRINT_SAMPLES} strided values per parameter, rounded to bfloat16"
+
+PathLike = Union[str, Path]
+
+
+class ArtifactError(ValueError):
+    """A saved edit cannot be loaded onto this model; the message says what is wrong and the fix."""
+
+
+# --- the base model's identity ---------------------------------------------------------------
+
+
+def _sampled_bytes(tensor: torch.Tensor) -> bytes:
+    """Evenly spaced values of a tensor, as bytes that do not depend on its device or float width."""
+    flat = tensor.detach().reshape(-1)
+    count = min(FINGERPRINT_SAMPLES, flat.numel())
+    index = torch.linspace(0, flat.numel() - 1, count, dtype=torch.float64).round().long()
+    values = flat[index.to(flat.device)]
+    if values.is_floating_point():
+        # Rounded to bfloat16, a float32 and a bfloat16 load of one checkpoint hash the same.
+        values = values.to(torch.bfloat16).view(torch.int16)
+    return values.cpu().numpy().tobytes()
+
+
+def base_model_fingerprint(model) -> str:
+    """A cheap sha256 of the model's weights: every parameter's shape and a strided sample of it."""
+    digest = hashlib.sha256()
+    for parameter in model.parameters():  # BaFT interventions are not submodules: never included
+        digest.update(repr(tuple(parameter.shape)).encode())
+        digest.update(_sampled_bytes(parameter))
+    return digest.hexdigest()
+
+
+def _base_model_name(model, state: plumbing.BaFTState) -> str:
+    """The name the edits were made with; the hparams' model_name first, as it is the user's own."""
+    for name in (state.hparams.get("model_name"), getattr(model.config, "_name_or_path", "")):
+        if isinstance(name, str) and name:
+            return name
+    return type(model).__name__
+
+
+def _base_model_identity(model) -> dict:
+    return {
+        "model_type": plumbing.model_type(model),
+        "hidden_size": plumbing.hidden_size(model),
+        "num_hidden_layers": len(plumbing.decoder_layers(model)),
+        "fingerprint": base_model_fingerprint(model),
+        "fingerprint_method": FINGERPRINT_METHOD,
+    }
+
+
+# --- saving ----------------------------------------------------------------------------------
+
+
+def _tensor_name(layer: int, key: str) -> str:
+    return f"layers.{layer}.{key}"
+
+
+def _tensors_of(state: plumbing.BaFTState) -> Dict[str, torch.Tensor]:
+    """Every intervention's full state_dict: what reproduces its outputs bit for bit."""
+    return {
+        _tensor_name(layer, key): tensor.detach().cpu().contiguous()
+        for layer, module in sorted(state.interventions.items())
+        for key, tensor in module.state_dict().items()
+    }
+
+
+def _edit_config(model, state: plumbing.BaFTState, weights_sha256: str) -> dict:
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "edit_method": EDIT_METHOD,
+        "base_model_name_or_path": _base_model_name(model, state),
+        "base_model": _base_model_identity(model),
+        "layers_to_transform": sorted(state.interventions),
+        "r": next(iter(state.interventions.values())).rank,
+        "hparams": state.hparams,
+        "edit_count": state.edit_count,
+        "edit_log": state.edit_log,
+        "replay_memory": [{"ids": list(m["ids"]), "n_prompt": m["n_prompt"]} for m in state.replay_memory],
+        "weights_file": WEIGHTS_NAME,
+        "weights_sha256": weights_sha256,
+        "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _write_temp(directory: Path, name: str, data: bytes) -> Path:
+    """Write data to a hidden temporary file beside `name`, flushed to disk."""
+    handle, temp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    with os.fdopen(handle, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    return Path(temp_name)
+
+
+def save_edits(model, directory: PathLike) -> Path:
+    """Write the model's BaFT edits to `directory` (created if needed); returns the directory.
+
+    Both files are written to temporary names first and then renamed, the config last: a reader
+    sees the old artifact, the new one, or a checksum mismatch, never a silently mixed one.
+    """
+    state = plumbing.require_state(model, "save_edits")
+    directory = Path(directory)
+    weights = save_safetensors_bytes(_tensors_of(state), metadata={"format": "pt", "edit_method": EDIT_METHOD})
+    config = _edit_config(model, state, hashlib.sha256(weights).hexdigest())
+    config_bytes = (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    directory.mkdir(parents=True, exist_ok=True)
+    temp_files = []
+    try:
+        temp_files.append(_write_temp(directory, WEIGHTS_NAME, weights))
+        temp_files.append(_write_temp(directory, CONFIG_NAME, config_bytes))
+        os.replace(temp_files[0], directory / WEIGHTS_NAME)
+        os.replace(temp_files[1], directory / CONFIG_NAME)
+    finally:
+        for temp_file in temp_files:
+            temp_file.unlink(missing_ok=True)
+    return directory
+
+
+# --- reading and checking an artifact ---------------------------------------------------------
+
+RESAVE_HINT = "save the edits again with save_edits, or copy the whole directory again"
+
+
+def _field(mapping: dict, name: str, kind, where: str = ""):
+    """mapping[name], checked to be of `kind`; ArtifactError naming the field otherwise."""
+    if name not in mapping:
+        raise ArtifactError(f"{CONFIG_NAME}: field '{where}{name}' is missing; {RESAVE_HINT}")
+    value = mapping[name]
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ArtifactError(
+            f"{CONFIG_NAME}: field '{where}{name}' is {value!r:.60}, expected a {expected}; {RESAVE_HINT}"
+        )
+    return value
+
+
+def _read_config(directory: Path) -> dict:
+    if not directory.is_dir():
+        raise ArtifactError(f"{str(directory)!r} is not a directory; pass the directory save_edits wrote")
+    path = directory / CONFIG_NAME
+    if not path.is_file():
+        raise ArtifactError(f"{CONFIG_NAME} is missing from {str(directory)!r}; {RESAVE_HINT}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"{CONFIG_NAME} in {str(directory)!r} is not valid JSON ({err}); {RESAVE_HINT}") from err
+    if not isinstance(config, dict):
+        raise ArtifactError(f"{CONFIG_NAME} holds a {type(config).__name__}, not an object; {RESAVE_HINT}")
+    return config
+
+
+def _check_format(config: dict) -> None:
+    if config.get("format") != FORMAT_NAME:
+        raise ArtifactError(
+            f"{CONFIG_NAME}: format={config.get('format')!r}, expected {FORMAT_NAME!r}; "
+            "this directory does not hold BaFT edits written by save_edits"
+        )
+    version = _field(config, "format_version", int)
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{CONFIG_NAME}: format_version={version} is not supported (this easyedit-baft reads "
+            f"version {FORMAT_VERSION}); use the easyedit-baft release that wrote it, or a newer one"
+        )
+
+
+def _read_weights(directory: Path, config: dict) -> Dict[str, torch.Tensor]:
+    """The saved tensors, after checking the file's sha256 against the config."""
+    path = directory / WEIGHTS_NAME
+    if not path.is_file():
+        raise ArtifactError(f"{WEIGHTS_NAME} is missing from {str(directory)!r}; {RESAVE_HINT}")
+    data = path.read_bytes()  # hashed and parsed from the same bytes: nothing can change in between
+    expected = _field(config, "weights_sha256", str)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise ArtifactError(
+            f"{WEIGHTS_NAME} in {str(directory)!r} is truncated or corrupted: its sha256 is {actual[:16]}…, "
+            f"{CONFIG_NAME} records {expected[:16]}… ({len(data)} bytes read); {RESAVE_HINT}"
+        )
+    try:
+        return load_safetensors_bytes(data)
+    except SafetensorError as err:
+        raise ArtifactError(f"{WEIGHTS_NAME} in {str(directory)!r} does not parse ({err}); {RESAVE_HINT}") from err
+
+
+def _check_base_model(model, config: dict, verify_fingerprint: bool) -> None:
+    """Refuse a model other than the one the edits were made on."""
+    saved = _field(config, "base_model", dict)
+    name = config.get("base_model_name_or_path", "?")
+    fix = f"load the edits onto the model they were made on ({name!r})"
+    now = {
+        "model_type": plumbing.model_type(model),
+        "hidden_size": plumbing.hidden_size(model),
+        "num_hidden_layers": len(plumbing.decoder_layers(model)),
+    }
+    for key, kind in (("model_type", str), ("hidden_size", int), ("num_hidden_layers", int)):
+        expected = _field(saved, key, kind, "base_model.")
+        if now[key] != expected:
+            raise ArtifactError(f"the edits were made on a model with {key}={expected!r}, this model has "
+                                f"{key}={now[key]!r}; {fix}")
+    if not verify_fingerprint:
+        return
+    expected = _field(saved, "fingerprint", str, "base_model.")
+    if base_model_fingerprint(model) != expected:
+        raise ArtifactError(
+            "this model's weights differ from those the edits were made on (base-model fingerprint "
+            f"mismatch); {fix}. A float16 load of the right model can also differ: load it in float32 "
+            "or bfloat16, or pass verify_base_model=False if you are sure it is the same model"
+        )
+
+
+def _hparams_of(config: dict, name: str) -> BaFTHyperParams:
+    """The saved hparams, validated as BaFTHyperParams (the saved dict itself stays the record)."""
+    fields = dict(_field(config, "hparams", dict))
+    if not isinstance(fields.get("model_name"), str) or not fields.get("model_name"):
+        fields["model_name"] = name  # a (model, tokenizer) tuple was saved as None
+    try:
+        return BaFTHyperParams.from_dict(fields)
+    except (HParamsError, TypeError) as err:
+        raise ArtifactError(f"{CONFIG_NAME}: field 'hparams' is invalid: {err}; {RESAVE_HINT}") from err
+
+
+def _check_tensor_names(expected: Dict[str, torch.Tensor], saved: Dict[str, torch.Tensor]) -> None:
+    missing, extra = sorted(set(expected) - set(saved)), sorted(set(saved) - set(expected))
+    if missing or extra:
+        raise ArtifactError(
+            f"{WEIGHTS_NAME} does not match the hparams in {CONFIG_NAME}: missing tensors {missing[:6]}, "
+            f"unexpected tensors {extra[:6]}; {RESAVE_HINT}"
+        )
+
+
+def _check_tensor_shapes(expected: Dict[str, torch.Tensor], saved: Dict[str, torch.Tensor]) -> None:
+    for name, tensor in expected.items():
+        found = saved[name]
+        if found.shape != tensor.shape or found.dtype != tensor.dtype:
+            raise ArtifactError(
+                f"{WEIGHTS_NAME}: tensor {name!r} is {found.dtype} {tuple(found.shape)}, the hparams in "
+                f"{CONFIG_NAME} need {tensor.dtype} {tuple(tensor.shape)}; {RESAVE_HINT}"
+            )
+
+
+def _rebuilt_interventions(model, hparams: BaFTHyperParams, tensors: Dict[str, torch.Tensor]) -> dict:
+    """Fresh interventions of the saved shape, holding the saved tensors."""
+    try:
+        interventions = build_interventions(model, hparams)
+    except ValueError as err:
+        raise ArtifactError(f"{CONFIG_NAME}: the saved hparams do not fit this model: {err}") from err
+    expected = {_tensor_name(layer, key): tensor
+                for layer, module in interventions.items() for key, tensor in module.state_dict().items()}
+    _check_tensor_names(expected, tensors)
+    _check_tensor_shapes(expected, tensors)
+    for layer, module in interventions.items():
+        prefix = _tensor_name(layer, "")
+        module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    return interventions
+
+
+def _replay_memory_of(config: dict) -> List[dict]:
+    memory = []
+    for index, entry in enumerate(_field(config, "replay_memory", list)):
+        where = f"replay_memory[{index}]."
+        entry = entry if isinstance(entry, dict) else {}
+        ids = _field(entry, "ids", list, where)
+        n_prompt = _field(entry, "n_prompt", int, where)
+        if not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids) \
+                or not 0 < n_prompt < len(ids):
+            raise ArtifactError(f"{CONFIG_NAME}: field '{where}ids' or 'n_prompt' is malformed; {RESAVE_HINT}")
+        memory.append({"ids": tuple(ids), "n_prompt": n_prompt})
+    return memory
+
+
+def _edit_count_of(config: dict) -> int:
+    count = _field(config, "edit_count", int)
+    if count < 0:
+        raise ArtifactError(f"{CONFIG_NAME}: field 'edit_count' is {count}, expected >= 0; {RESAVE_HINT}")
+    return count
+
+
+def _edit_log_of(config: dict) -> List[dict]:
+    log = _field(config, "edit_log", list)
+    if not all(isinstance(entry, dict) for entry in log):
+        raise ArtifactError(f"{CONFIG_NAME}: field 'edit_log' must be a list of objects; {RESAVE_HINT}")
+    return log
+
+
+def load_edits(model, directory: PathLike, verify_base_model: bool = True):
+    """Attach the edits saved in `directory` to `model` (which must carry none); returns the model.
+
+    Every check runs before anything is attached: on any ArtifactError the model is untouched.
+    verify_base_model=False skips only the weight fingerprint, never the architecture checks.
+    """
+    directory = Path(directory)
+    if plumbing.get_state(model) is not None:
+        raise ArtifactError(
+            "this model already carries BaFT edits; call remove_edits(model) first, or load onto a fresh model"
+        )
+    config = _read_config(directory)
+    _check_format(config)
+    tensors = _read_weights(directory, config)
+    _check_base_model(model, config, verify_base_model)
+    hparams = _hparams_of(config, str(config.get("base_model_name_or_path") or "base-model"))
+    edit_count, edit_log, replay_memory = _edit_count_of(config), _edit_log_of(config), _replay_memory_of(config)
+    interventions = _rebuilt_interventions(model, hparams, tensors)
+
+    state = plumbing.attach(model, interventions, config["hparams"])
+    state.edit_count, state.edit_log, state.replay_memory = edit_count, edit_log, replay_memory
+    return model
+
+
+def remove_edits(model) -> None:
+    """Detach every BaFT edit: the model computes exactly as before it was edited (no-op without edits)."""
+    plumbing.detach(model)

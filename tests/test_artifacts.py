@@ -1,0 +1,378 @@
+"""Edits as portable artifacts: save, load, remove, explain (tiny random models, offline)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from easyedit_baft import artifacts
+from easyedit_baft import layers as plumbing
+from easyedit_baft.artifacts import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    ArtifactError,
+    NoEditsError,
+    explain,
+    load_edits,
+    remove_edits,
+    render_heatmap,
+    save_edits,
+)
+from easyedit_baft.baft_main import apply_baft_to_model
+from easyedit_baft.hparams import BaFTHyperParams
+
+VOCAB_SIZE = 300
+PROBE = "The capital of France is Rome. Unrelated text follows."
+REQUESTS = [
+    {"prompt": "The capital of France is", "target_new": "Rome"},
+    {"prompt": "The Eiffel Tower stands in", "target_new": "Oslo"},
+    {"prompt": "Water boils at", "target_new": "50"},
+    {"prompt": "The author of Hamlet is", "target_new": "Tolstoy"},
+]
+
+
+# --- fixtures: a tiny Llama, a byte-level tokenizer, one saved edit ---------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models run fastest on one thread; several threads stall when the CPUs are shared.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    # Byte-level BPE without merges: one token per byte, no download needed.
+    vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<eos>"] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>")
+
+
+def tiny_llama(seed: int = 0, hidden: int = 64, n_layers: int = 4):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=128)
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=VOCAB_SIZE, n_embd=64, n_layer=4, n_head=4, n_positions=128)
+    return GPT2LMHeadModel(config).eval()
+
+
+def hparams(**overrides) -> BaFTHyperParams:
+    fields = dict(model_name="tiny-llama", layers=[1, 2], rank=4, n_steps=8, lr=0.05,
+                  n_locality_prompts=4, n_context_prefixes=1, replay_edits=2)
+    return BaFTHyperParams(**{**fields, **overrides})
+
+
+def edit(model, tok, request: dict):
+    apply_baft_to_model(model, tok, [request], hparams())
+
+
+def logits(model, tok, text: str = PROBE) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**tok(text, return_tensors="pt")).logits
+
+
+def has_hooks(model) -> bool:
+    return any(layer._forward_hooks for layer in plumbing.decoder_layers(model))
+
+
+@pytest.fixture(scope="module")
+def edited(tok, tmp_path_factory):
+    """A tiny Llama with one edit, and the directory its edits were saved to."""
+    model = tiny_llama()
+    edit(model, tok, REQUESTS[0])
+    directory = save_edits(model, tmp_path_factory.mktemp("artifact") / "edits")
+    return model, directory
+
+
+@pytest.fixture
+def artifact(edited, tmp_path) -> Path:
+    """A private copy of the saved edits, free to damage."""
+    return Path(shutil.copytree(edited[1], tmp_path / "edits"))
+
+
+def read_config(directory: Path) -> dict:
+    return json.loads((directory / CONFIG_NAME).read_text())
+
+
+def write_config(directory: Path, config: dict) -> None:
+    (directory / CONFIG_NAME).write_text(json.dumps(config))
+
+
+def rewrite_weights(directory: Path, change) -> None:
+    """Change the saved tensors and record the new file's sha256, so only the tensors are wrong."""
+    path = directory / WEIGHTS_NAME
+    tensors = load_file(path)
+    change(tensors)
+    save_file(tensors, path)
+    config = read_config(directory)
+    config["weights_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    write_config(directory, config)
+
+
+# --- round trips ----------------------------------------------------------------------------------
+
+
+def test_save_writes_two_files_and_config_fields(edited):
+    model, directory = edited
+    assert sorted(p.name for p in directory.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    config = read_config(directory)
+    assert config["format_version"] == artifacts.FORMAT_VERSION
+    assert config["base_model"]["model_type"] == "llama"
+    assert config["base_model"]["hidden_size"] == 64 and config["base_model"]["num_hidden_layers"] == 4
+    assert config["hparams"]["rank"] == 4 and config["layers_to_transform"] == [1, 2]
+    assert config["edit_count"] == 1 and config["edit_log"][0]["target_new"] == "Rome"
+    assert config["weights_sha256"] == hashlib.sha256((directory / WEIGHTS_NAME).read_bytes()).hexdigest()
+    names = set(load_file(directory / WEIGHTS_NAME))
+    assert {"layers.1.basis_usage", "layers.2.rotation.parametrizations.weight.original",
+            "layers.2.rotation.parametrizations.weight.0.base"} <= names
+
+
+def test_load_on_fresh_model_gives_bit_identical_logits(edited, tok):
+    model, directory = edited
+    fresh = tiny_llama()
+    base = logits(fresh, tok)
+    load_edits(fresh, directory)
+    assert not torch.equal(logits(model, tok), base)  # the edit changed something worth comparing
+    assert torch.equal(logits(fresh, tok), logits(model, tok))
+    assert plumbing.get_state(fresh).edit_count == 1
+
+
+def test_sequential_edits_survive_round_trip_and_editing_continues(tok, tmp_path):
+    original = tiny_llama()
+    for request in REQUESTS[:3]:
+        edit(original, tok, request)
+    save_edits(original, tmp_path / "edits")
+    loaded = load_edits(tiny_llama(), tmp_path / "edits")
+
+    before, after = plumbing.get_state(original), plumbing.get_state(loaded)
+    assert after.edit_count == 3
+    assert [e["prompt"] for e in after.edit_log] == [r["prompt"] for r in REQUESTS[:3]]
+    assert after.replay_memory == before.replay_memory
+    assert torch.equal(after.interventions[1].basis_usage, before.interventions[1].basis_usage)
+    assert torch.equal(logits(loaded, tok), logits(original, tok))
+
+    # A fourth edit trains from the same state on both, so both end bit-identical.
+    edit(original, tok, REQUESTS[3])
+    edit(loaded, tok, REQUESTS[3])
+    assert after.edit_count == 4 and len(after.replay_memory) == 4
+    assert torch.equal(logits(loaded, tok), logits(original, tok))
+
+
+def test_save_overwrites_an_existing_artifact_without_leftovers(edited, artifact):
+    model, _ = edited
+    (artifact / WEIGHTS_NAME).write_bytes(b"stale")
+    save_edits(model, artifact)
+    assert sorted(p.name for p in artifact.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    load_edits(tiny_llama(), artifact)
+
+
+def test_save_without_edits_is_refused(tmp_path):
+    with pytest.raises(NoEditsError, match="no BaFT edits"):
+        save_edits(tiny_llama(), tmp_path / "edits")
+    assert not (tmp_path / "edits").exists()
+
+
+def test_remove_gives_bit_identical_logits_to_the_base_model(tok):
+    model = tiny_llama()
+    base = logits(model, tok)
+    edit(model, tok, REQUESTS[0])
+    assert not torch.equal(logits(model, tok), base)
+    remove_edits(model)
+    assert torch.equal(logits(model, tok), base)
+    assert plumbing.get_state(model) is None and not has_hooks(model)
+    remove_edits(model)  # removing again is a no-op
+
+
+def test_loading_never_unpickles():
+    source = Path(artifacts.__file__).read_text()
+    assert "torch.load" not in source and "pickle" not in source
+
+
+# --- refusals: each leaves the model exactly as it was -------------------------------------------
+
+
+def _set(path: tuple, value):
+    def change(config):
+        target = config
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return change
+
+
+def _edit_config(change):
+    def damage(directory: Path):
+        config = read_config(directory)
+        change(config)
+        write_config(directory, config)
+    return damage
+
+
+def _truncate(directory: Path):
+    path = directory / WEIGHTS_NAME
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_byte(directory: Path):
+    data = bytearray((directory / WEIGHTS_NAME).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (directory / WEIGHTS_NAME).write_bytes(bytes(data))
+
+
+def _truncate_and_fix_checksum(directory: Path):
+    _truncate(directory)
+    _edit_config(_set(("weights_sha256",), hashlib.sha256((directory / WEIGHTS_NAME).read_bytes()).hexdigest()))(
+        directory)
+
+
+def _reshape_tensor(tensors):
+    tensors["layers.1.source.weight"] = tensors["layers.1.source.weight"][:, :32].contiguous()
+
+
+def _add_tensor(tensors):
+    tensors["layers.3.source.bias"] = torch.zeros(4)
+
+
+def _drop_tensor(tensors):
+    del tensors["layers.2.basis_usage"]
+
+
+def _half_precision(tensors):
+    tensors["layers.1.gate_proj.bias"] = tensors["layers.1.gate_proj.bias"].half()
+
+
+DAMAGED_ARTIFACTS = {
+    "missing weights file": (lambda d: (d / WEIGHTS_NAME).unlink(), "edits.safetensors is missing"),
+    "missing config file": (lambda d: (d / CONFIG_NAME).unlink(), "edit_config.json is missing"),
+    "missing directory": (lambda d: shutil.rmtree(d), "not a directory"),
+    "truncated weights": (_truncate, "truncated or corrupted"),
+    "corrupted byte": (_flip_byte, "truncated or corrupted"),
+    "truncated weights, checksum forged": (_truncate_and_fix_checksum, "does not parse"),
+    "unknown format version": (_edit_config(_set(("format_version",), 99)), "format_version=99"),
+    "not a BaFT artifact": (_edit_config(_set(("format",), "peft")), "format='peft'"),
+    "config not JSON": (lambda d: (d / CONFIG_NAME).write_text("{not json"), "not valid JSON"),
+    "config rank tampered": (_edit_config(_set(("hparams", "rank"), 8)), "tensor 'layers.1"),
+    "config layers tampered": (_edit_config(_set(("hparams", "layers"), [1, 3])), "missing tensors"),
+    "config layer out of range": (_edit_config(_set(("hparams", "layers"), [1, 9])), "out of range"),
+    "config hparams unknown field": (_edit_config(_set(("hparams", "colour"), "red")), "colour"),
+    "config edit_count not int": (_edit_config(_set(("edit_count",), "three")), "edit_count"),
+    "config replay memory malformed": (_edit_config(_set(("replay_memory",), [{"ids": "abc"}])), "replay_memory"),
+    "config checksum missing": (_edit_config(lambda c: c.pop("weights_sha256")), "weights_sha256"),
+    "config base model missing": (_edit_config(lambda c: c.pop("base_model")), "base_model"),
+    "tensor wrong shape": (lambda d: rewrite_weights(d, _reshape_tensor), "layers.1.source.weight"),
+    "tensor extra": (lambda d: rewrite_weights(d, _add_tensor), "unexpected tensors"),
+    "tensor missing": (lambda d: rewrite_weights(d, _drop_tensor), "missing tensors"),
+    "tensor wrong dtype": (lambda d: rewrite_weights(d, _half_precision), "float16"),
+}
+
+
+def assert_refused_and_untouched(model, tok, directory: Path, match: str, **kwargs):
+    before = logits(model, tok)
+    state_before = plumbing.get_state(model)
+    with pytest.raises(ArtifactError, match=match):
+        load_edits(model, directory, **kwargs)
+    assert plumbing.get_state(model) is state_before
+    assert has_hooks(model) == (state_before is not None)
+    assert torch.equal(logits(model, tok), before)
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_ARTIFACTS))
+def test_damaged_artifact_is_refused(case, artifact, tok):
+    damage, match = DAMAGED_ARTIFACTS[case]
+    damage(artifact)
+    assert_refused_and_untouched(tiny_llama(), tok, artifact, match)
+
+
+WRONG_MODELS = {
+    "GPT-2 architecture": (tiny_gpt2, "model_type='llama'"),
+    "hidden size 32": (lambda: tiny_llama(hidden=32), "hidden_size=64"),
+    "3 layers": (lambda: tiny_llama(n_layers=3), "num_hidden_layers=4"),
+    "other weights": (lambda: tiny_llama(seed=1), "fingerprint"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_MODELS))
+def test_wrong_base_model_is_refused(case, edited, tok):
+    make_model, match = WRONG_MODELS[case]
+    assert_refused_and_untouched(make_model(), tok, edited[1], match)
+
+
+def test_fingerprint_check_can_be_skipped_but_architecture_checks_cannot(edited, tok):
+    load_edits(tiny_llama(seed=1), edited[1], verify_base_model=False)
+    assert_refused_and_untouched(tiny_llama(hidden=32), tok, edited[1], "hidden_size", verify_base_model=False)
+
+
+def test_fingerprint_ignores_float_width_but_not_weights():
+    model = tiny_llama()
+    fingerprint = artifacts.base_model_fingerprint(model)
+    assert artifacts.base_model_fingerprint(tiny_llama().to(torch.bfloat16)) == fingerprint
+    assert artifacts.base_model_fingerprint(tiny_llama(seed=1)) != fingerprint
+
+
+def test_model_already_edited_is_refused(edited, tok):
+    model, directory = edited
+    saved = {i: {k: v.clone() for k, v in m.state_dict().items()}
+             for i, m in plumbing.get_state(model).interventions.items()}
+    assert_refused_and_untouched(model, tok, directory, "already carries BaFT edits")
+    for i, module in plumbing.get_state(model).interventions.items():
+        assert all(torch.equal(v, saved[i][k]) for k, v in module.state_dict().items())
+
+
+# --- explain ----------------------------------------------------------------------------------------
+
+
+def test_explain_gives_per_token_gates_in_unit_interval(edited, tok, tmp_path):
+    model, _ = edited
+    prompt = REQUESTS[0]["prompt"]
+    explanation = explain(model, tok, prompt)
+    n_tokens = len(tok(prompt)["input_ids"])
+    assert explanation.tokens == list(prompt)  # one byte per token with this tokenizer
+    assert sorted(explanation.gates) == [1, 2]
+    for gates in explanation.gates.values():
+        assert gates.shape == (n_tokens, 4) and gates.dtype == np.float32
+        assert ((gates >= 0) & (gates <= 1)).all()
+    assert all(not m.record_gates and m.last_gates is None for m in plumbing.get_state(model).interventions.values())
+    json.dumps(explanation.to_dict())
+
+    png = render_heatmap(explanation, tmp_path / "gates.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+
+
+def test_explain_reads_gates_even_while_interventions_are_disabled(edited, tok):
+    model, _ = edited
+    expected = explain(model, tok, "Water")
+    with plumbing.interventions_disabled(model):
+        disabled = explain(model, tok, "Water")
+        assert plumbing.get_state(model).enabled is False
+    assert all(np.array_equal(expected.gates[i], disabled.gates[i]) for i in expected.gates)
+
+
+def test_explain_needs_edits(tok):
+    with pytest.raises(NoEditsError):
+        explain(tiny_llama(), tok, "Water")

@@ -1,0 +1,258 @@
+"""Editing end to end on tiny models: edits hold, restore is exact, edits accumulate, gates stay local."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import (
+    HELD_OUT_PROMPTS,
+    REQUESTS,
+    Fingerprint,
+    edit,
+    forward_hook_count,
+    hparams,
+    logits,
+    target_holds,
+    tiny_gpt2,
+    tiny_llama,
+)
+from easyedit_baft import layers as plumbing
+from easyedit_baft.baft_main import apply_baft_to_model
+from easyedit_baft.hparams.baft_hparams import LOCALITY_PENALTIES
+
+
+def holds(model, tok, request) -> bool:
+    return target_holds(model, tok, request["prompt"], request["target_new"])
+
+
+@pytest.fixture(scope="module")
+def edited_once(tok):
+    """A tiny Llama carrying one edit (REQUESTS[0]); tests that use it must leave it as it is."""
+    model = tiny_llama()
+    edit(model, tok, REQUESTS[0])
+    return model
+
+
+# --- one edit -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("request_", REQUESTS[:4], ids=lambda r: r["target_new"])
+def test_one_edit_makes_every_target_token_the_argmax(tok, request_):
+    model = tiny_llama()
+    assert not holds(model, tok, request_)  # otherwise the test would prove nothing
+    edit(model, tok, request_)
+    assert holds(model, tok, request_)
+    assert plumbing.get_state(model).last_report.holds
+
+
+def test_editing_never_touches_model_parameters(tok):
+    model = tiny_llama()
+    before = Fingerprint(model, tok)
+    edit(model, tok, REQUESTS[1])
+    after = Fingerprint(model, tok)
+    assert after.weights == before.weights
+    assert after.grads == before.grads and after.requires_grad == before.requires_grad
+    assert not torch.equal(after.logits, before.logits)  # the edit itself is in the hooks
+
+
+def test_disabled_interventions_give_the_unedited_logits(edited_once, tok):
+    bare = logits(tiny_llama(), tok)
+    with plumbing.interventions_disabled(edited_once):
+        assert torch.equal(logits(edited_once, tok), bare)
+    assert not torch.equal(logits(edited_once, tok), bare)
+
+
+def test_loreft_mode_with_gates_fixed_at_one_also_edits(tok):
+    model = tiny_llama()
+    edit(model, tok, REQUESTS[0], hparams(gate="ones"))
+    assert holds(model, tok, REQUESTS[0])
+
+
+# --- restore (EasyEdit's weights_copy) ------------------------------------------------------------
+
+
+def test_restore_on_unedited_model_gives_bit_identical_logits_and_no_hooks(tok):
+    model = tiny_llama()
+    before = Fingerprint(model, tok)
+    _, restore = edit(model, tok, REQUESTS[0], return_orig_weights=True)
+    assert holds(model, tok, REQUESTS[0])
+    restore()
+    before.assert_unchanged()
+    assert plumbing.get_state(model) is None and forward_hook_count(model) == 0
+
+
+def test_restore_on_already_edited_model_keeps_earlier_edit_bit_identical(tok):
+    model = tiny_llama()
+    edit(model, tok, REQUESTS[0])
+    before = Fingerprint(model, tok)
+    _, restore = edit(model, tok, REQUESTS[1], return_orig_weights=True)
+    assert holds(model, tok, REQUESTS[1])
+    restore()
+    before.assert_unchanged()
+    assert holds(model, tok, REQUESTS[0]) and not holds(model, tok, REQUESTS[1])
+
+
+def test_edit_restore_edit_again_repeats_the_first_edit_exactly(tok):
+    # EasyEdit's non-sequential loop edits and restores the same model once per request.
+    model = tiny_llama()
+    _, restore = edit(model, tok, REQUESTS[2], return_orig_weights=True)
+    first = logits(model, tok)
+    restore()
+    edit(model, tok, REQUESTS[2])
+    assert torch.equal(logits(model, tok), first)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_precision_model_edits_and_restores_exactly(tok, dtype):
+    model = tiny_llama(dtype=dtype)
+    before = Fingerprint(model, tok)
+    _, restore = edit(model, tok, REQUESTS[0], return_orig_weights=True)
+    assert holds(model, tok, REQUESTS[0])
+    assert {p.dtype for p in model.parameters()} == {dtype}
+    restore()
+    before.assert_unchanged()
+
+
+def test_without_return_orig_weights_weights_copy_is_empty_dict(tok):
+    model = tiny_llama()
+    edited, weights_copy = edit(model, tok, REQUESTS[0], return_orig_weights=False)
+    assert edited is model and weights_copy == {}
+
+
+# --- many edits -----------------------------------------------------------------------------------
+
+
+def test_five_sequential_edits_all_hold_including_the_first(tok):
+    model = tiny_llama()
+    for request in REQUESTS[:5]:
+        edit(model, tok, request)
+    assert holds(model, tok, REQUESTS[0])
+    assert all(holds(model, tok, r) for r in REQUESTS[:5])
+    state = plumbing.get_state(model)
+    assert state.edit_count == 5 and len(state.hooks) == len(hparams().layers)
+
+
+def test_batch_of_requests_trained_together_all_hold(tok):
+    model = tiny_llama()
+    assert not any(holds(model, tok, r) for r in REQUESTS)
+    edit(model, tok, REQUESTS)
+    assert all(holds(model, tok, r) for r in REQUESTS)
+    assert plumbing.get_state(model).edit_count == len(REQUESTS)
+
+
+def test_changed_structure_on_an_edited_model_is_refused_untouched(edited_once, tok):
+    before = Fingerprint(edited_once, tok)
+    for field, value in (("rank", 4), ("layers", [2]), ("gate", "ones")):
+        with pytest.raises(ValueError, match=f"{field}="):
+            edit(edited_once, tok, REQUESTS[1], hparams(**{field: value}))
+        before.assert_unchanged()
+
+
+# --- copy=True ------------------------------------------------------------------------------------
+
+
+def test_copy_true_leaves_the_original_untouched(tok):
+    model = tiny_llama()
+    before = Fingerprint(model, tok)
+    edited, _ = edit(model, tok, REQUESTS[0], copy=True)
+    assert edited is not model and holds(edited, tok, REQUESTS[0])
+    before.assert_unchanged()
+    assert plumbing.get_state(model) is None and forward_hook_count(model) == 0
+
+
+def test_copy_true_of_an_edited_model_trains_the_copy_own_interventions(edited_once, tok):
+    # A deep copy must not keep hooks that point at the original's interventions.
+    before = Fingerprint(edited_once, tok)
+    copied, _ = edit(edited_once, tok, REQUESTS[1], copy=True)
+    before.assert_unchanged()
+    assert holds(copied, tok, REQUESTS[0]) and holds(copied, tok, REQUESTS[1])
+    assert plumbing.get_state(copied) is not plumbing.get_state(edited_once)
+    with plumbing.interventions_disabled(copied):  # switches only the copy's hooks
+        assert not holds(copied, tok, REQUESTS[1])
+        assert holds(edited_once, tok, REQUESTS[0])
+
+
+# --- gates stay closed on unrelated prompts -------------------------------------------------------
+
+
+def gate_stats(model, tok, prompt: str):
+    """Per layer: the gates at the prompt's last token (r,), and every gate on held-out prompts (n, r)."""
+    state = plumbing.get_state(model)
+    indices = sorted(state.interventions)
+
+    def inputs(text):
+        return plumbing.capture_intervention_inputs(model, indices, **tok(text, return_tensors="pt"))
+
+    edit_in, held_out = inputs(prompt), [inputs(p) for p in HELD_OUT_PROMPTS]
+    with torch.no_grad():
+        return {
+            i: (state.interventions[i].gates(edit_in[i].float())[0, -1],
+                torch.cat([state.interventions[i].gates(h[i].float())[0] for h in held_out]))
+            for i in indices
+        }
+
+
+@pytest.mark.parametrize("penalty", LOCALITY_PENALTIES)
+def test_gates_open_on_the_edit_prompt_and_stay_near_zero_on_unrelated_prompts(tok, penalty):
+    model = tiny_llama()
+    edit(model, tok, REQUESTS[0], hparams(locality_penalty=penalty))
+    stats = gate_stats(model, tok, REQUESTS[0]["prompt"])
+    for edit_gates, unrelated in stats.values():
+        assert unrelated.mean() < 0.2  # gates start at sigmoid(-3) = 0.05; 0.5 would be undecided
+    # The basis the edit opens most, where the target is predicted, versus the same basis elsewhere.
+    layer = max(stats, key=lambda i: stats[i][0].max())
+    edit_gates, unrelated = stats[layer]
+    top = edit_gates.argmax()
+    assert edit_gates[top] > 0.3
+    assert edit_gates[top] > 4 * unrelated[:, top].mean()
+
+
+@pytest.mark.parametrize("penalty", LOCALITY_PENALTIES)
+def test_locality_loss_keeps_unrelated_gates_lower_than_training_without_it(tok, penalty):
+    # Same number of steps either way (no early stop), so only lambda_loc differs.
+    mean_gate = {}
+    for lambda_loc in (0.0, 1.0):
+        model = tiny_llama()
+        hp = hparams(lambda_loc=lambda_loc, locality_penalty=penalty, early_stop="none", n_steps=30)
+        edit(model, tok, REQUESTS[0], hp)
+        stats = gate_stats(model, tok, REQUESTS[0]["prompt"])
+        mean_gate[lambda_loc] = torch.stack([unrelated.mean() for _, unrelated in stats.values()]).mean()
+    assert mean_gate[1.0] < 0.7 * mean_gate[0.0]
+
+
+# --- architectures --------------------------------------------------------------------------------
+
+
+def test_gpt2_edits_and_restores(tok):
+    model = tiny_gpt2()
+    before = Fingerprint(model, tok)
+    _, restore = edit(model, tok, REQUESTS[0], return_orig_weights=True)
+    assert holds(model, tok, REQUESTS[0])
+    restore()
+    before.assert_unchanged()
+
+
+def tiny_bert():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    return BertModel(BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64)).eval()
+
+
+def llama_named_foo():
+    model = tiny_llama()
+    model.config.model_type = "foo"
+    return model
+
+
+@pytest.mark.parametrize("build", [tiny_bert, llama_named_foo])
+def test_unknown_architecture_is_refused_naming_supported_ones(tok, build):
+    model = build()
+    before = Fingerprint(model, tok)
+    with pytest.raises(plumbing.UnsupportedModelError) as err:
+        apply_baft_to_model(model, tok, [REQUESTS[0]], hparams())
+    assert repr(model.config.model_type) in str(err.value)
+    assert all(name in str(err.value) for name in ("llama", "gpt2", "qwen2", "mistral"))
+    before.assert_unchanged()
