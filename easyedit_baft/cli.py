@@ -22,10 +22,20 @@ def _default_data() -> Path:
 
 def cmd_demo(args) -> None:
     from .demo import run_demo
+    from .host import host_available
     from .records import load_edit_cases
 
-    cases = load_edit_cases(args.data or _default_data(), args.n)
+    data = Path(args.data or _default_data())
+    cases = load_edit_cases(data, args.n)
     run_demo(cases, str(args.hparams), args.model, Path(args.out))
+    if not host_available():
+        print("EasyEdit not found: set EASYEDIT_ROOT to an EasyEdit clone (with its dependencies installed) "
+              "to run the same edits through BaseEditor next to ROME, MEMIT and GRACE.")
+        return
+    print("Running the same edits through EasyEdit's BaseEditor next to ROME, MEMIT and GRACE ...")
+    compare_args = ["--data", str(data), "--n", str(args.n), "--baft-hparams", str(args.hparams),
+                    "--out", str(Path(args.out).resolve() / "compare")]
+    _run_compare_script(compare_args + (["--model", args.model] if args.model else []))
 
 
 def cmd_edit(args) -> None:
@@ -82,16 +92,27 @@ def cmd_explain(args) -> None:
     print(f"heatmap written to {path}")
 
 
+def _run_compare_script(argv) -> None:
+    if not COMPARE_SCRIPT.is_file():
+        sys.exit(f"{COMPARE_SCRIPT} is missing; the comparison needs the repository checkout's examples/")
+    sys.path.insert(0, str(COMPARE_SCRIPT.parent))  # the script imports its sibling modules
+    saved_argv, sys.argv = sys.argv, [str(COMPARE_SCRIPT)] + list(argv)
+    try:
+        runpy.run_path(str(COMPARE_SCRIPT), run_name="__main__")
+    except SystemExit as done:
+        if done.code not in (None, 0):
+            raise
+    finally:
+        sys.argv = saved_argv
+
+
 def cmd_compare(args) -> None:
     from .host import host_available
 
     if not host_available():
         sys.exit("compare runs ROME, MEMIT and GRACE through EasyEdit's BaseEditor, and no EasyEdit was "
                  "found: run from an EasyEdit checkout or set EASYEDIT_ROOT to one (see docs/HOST_INTEGRATION.md)")
-    if not COMPARE_SCRIPT.is_file():
-        sys.exit(f"{COMPARE_SCRIPT} is missing; compare needs the repository checkout's examples/")
-    sys.argv = [str(COMPARE_SCRIPT)] + args.rest
-    runpy.run_path(str(COMPARE_SCRIPT), run_name="__main__")
+    _run_compare_script(args.rest)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -85,6 +85,7 @@ class BaFTHyperParams(_HostHyperParams):
 
     # Continual editing: earlier edits replayed (from stored layer inputs) per new edit.
     replay_edits: int = 8
+    early_stop_waits_for_replay: bool = False  # also wait until every replayed edit holds again
 
     seed: int = 42
 
@@ -191,7 +192,7 @@ def validate(hp: BaFTHyperParams) -> None:
         or (isinstance(hp.device, str) and hp.device.split(":")[0] in ("cpu", "cuda", "mps"))
     ):
         _fail("device", hp.device, "use a CUDA index (0, 1, ...) or 'cpu', 'cuda', 'cuda:N', 'mps'")
-    for name in ("model_parallel", "fp16", "gate_input_norm"):
+    for name in ("model_parallel", "fp16", "gate_input_norm", "early_stop_waits_for_replay"):
         _check_bool(hp, name)
     _check_int(hp, "batch_size", 1)
     _check_int(hp, "max_length", 1)
