@@ -42,8 +42,12 @@ class BaFTIntervention(nn.Module):
 
         rotation = nn.Linear(hidden_size, rank, bias=False)
         nn.init.orthogonal_(rotation.weight, generator=generator)
-        # The parametrization keeps R's rows orthonormal through every optimiser step.
-        self.rotation = parametrizations.orthogonal(rotation)
+        # The parametrization keeps R's rows orthonormal through every optimiser step. It completes
+        # R to a square matrix with the global RNG, so seed that from `generator` and put it back.
+        with torch.random.fork_rng(devices=[]):
+            if generator is not None:
+                torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+            self.rotation = parametrizations.orthogonal(rotation)
         self.source = nn.Linear(hidden_size, rank)  # W, b: the learned target coordinates
         self.gate_proj = nn.Linear(hidden_size, rank)  # U, c: one gate per basis
         with torch.no_grad():

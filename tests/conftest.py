@@ -34,7 +34,7 @@ HELD_OUT_PROMPTS = [
     "My favourite colour has always been",
     "The train to the coast leaves at",
     "She opened the window and saw",
-    "Photosynthesis converts sunlight into",
+    "The violin was tuned before the concert by",
     "The recipe asks for two cups of",
     "Our neighbour's dog likes to",
 ]
@@ -77,6 +77,8 @@ def tok():
 
 
 def tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float32, n_layers: int = 4):
+    """A random 4-layer Llama (d=64). initializer_range=0.2 gives its logits a real spread: at the
+    default 0.02 every logit is near zero and a small edit cannot make a target the argmax."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -96,6 +98,7 @@ def tiny_gpt2(seed: int = 0):
 
 
 def hparams(**overrides) -> BaFTHyperParams:
+    """Small, fast settings; two layers at rank 8 keep five sequential or six batched edits holding."""
     fields = dict(model_name="tiny", layers=[1, 2], rank=8, lr=5e-2, n_steps=100,
                   n_locality_prompts=8, n_context_prefixes=1, replay_edits=8, max_length=64)
     return BaFTHyperParams(**{**fields, **overrides})
