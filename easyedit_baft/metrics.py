@@ -43,14 +43,14 @@ def locality(before: List[int], after: List[int]) -> float:
 
 
 def greedy_answer(model, tok, prompt: str, max_new_tokens: int = 8) -> str:
-    """The model's greedy continuation of prompt, cut at the first newline."""
+    """The model's greedy continuation of prompt: its first non-empty line."""
     device = model.get_input_embeddings().weight.device
     encoded = tok(prompt, return_tensors="pt").to(device)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     with torch.no_grad():
         out = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
     text = tok.decode(out[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
-    return text.split("\n")[0].strip()
+    return text.strip().split("\n")[0].strip()  # chat models often start with a newline
 
 
 def harmonic_mean(values: List[Optional[float]]) -> float:
