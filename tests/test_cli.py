@@ -10,7 +10,7 @@ import yaml
 from easyedit_baft import cli, records
 from easyedit_baft.host import host_available
 
-from conftest import make_tokenizer, tiny_llama
+from tiny_models import make_tokenizer, tiny_llama
 
 CASES = [
     {"case_id": 0, "prompt": "The capital of France is", "target_new": "Rome", "subject": "France",

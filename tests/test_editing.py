@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import (
+from tiny_models import (
     HELD_OUT_PROMPTS,
     REQUESTS,
     Fingerprint,

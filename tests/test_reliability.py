@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import (
+from tiny_models import (
     REQUESTS,
     Fingerprint,
     edit,

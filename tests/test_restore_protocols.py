@@ -2,7 +2,7 @@
 
 import torch
 
-from conftest import REQUESTS, edit, logits, tiny_llama
+from tiny_models import REQUESTS, edit, logits, tiny_llama
 
 
 def test_calling_the_undo_restores(tok):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tokenizers import normalizers
 
-from conftest import REQUESTS, Fingerprint, edit, hparams, make_tokenizer, target_holds, tiny_llama
+from tiny_models import REQUESTS, Fingerprint, edit, hparams, make_tokenizer, target_holds, tiny_llama
 from easyedit_baft import layers as plumbing
 from easyedit_baft.baft_main import apply_baft_to_model
 from easyedit_baft.requests import RequestError, target_token_ids
