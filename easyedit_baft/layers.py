@@ -163,6 +163,18 @@ def interventions_disabled(model: nn.Module) -> Iterator[None]:
             state.enabled = previous
 
 
+def _run_until_stopped(model: nn.Module, handles, inputs: dict) -> None:
+    """Forward without grad until a capturing hook raises _StopForward; always remove the hooks."""
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    except _StopForward:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def capture_layer_input(model: nn.Module, index: int, **inputs) -> torch.Tensor:
     """Run the model once (no grad) and return the hidden states entering decoder layer `index`."""
     layers = decoder_layers(model)
@@ -172,14 +184,7 @@ def capture_layer_input(model: nn.Module, index: int, **inputs) -> torch.Tensor:
         captured["h"] = (args[0] if args else kwargs["hidden_states"]).detach()
         raise _StopForward
 
-    handle = layers[index].register_forward_pre_hook(pre_hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model(**inputs)
-    except _StopForward:
-        pass
-    finally:
-        handle.remove()
+    _run_until_stopped(model, [layers[index].register_forward_pre_hook(pre_hook, with_kwargs=True)], inputs)
     return captured["h"]
 
 
@@ -197,15 +202,7 @@ def capture_intervention_inputs(model: nn.Module, indices: List[int], **inputs) 
         return hook
 
     # prepend=True: runs before the intervention's own hook, so it sees the layer's raw output.
-    handles = [layers[i].register_forward_hook(make_hook(i), prepend=True) for i in indices]
-    try:
-        with torch.no_grad():
-            model(**inputs)
-    except _StopForward:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
+    _run_until_stopped(model, [layers[i].register_forward_hook(make_hook(i), prepend=True) for i in indices], inputs)
     return captured
 
 

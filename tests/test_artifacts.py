@@ -27,6 +27,7 @@ from easyedit_baft.artifacts import (
 )
 from easyedit_baft.baft_main import apply_baft_to_model
 from easyedit_baft.hparams import BaFTHyperParams
+from tiny_models import make_tokenizer
 
 VOCAB_SIZE = 300
 PROBE = "The capital of France is Rome. Unrelated text follows."
@@ -52,16 +53,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tok():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    # Byte-level BPE without merges: one token per byte, no download needed.
-    vocab = {symbol: i for i, symbol in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    vocab["<eos>"] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>")
+    return make_tokenizer()  # byte-level, offline
 
 
 def tiny_llama(seed: int = 0, hidden: int = 64, n_layers: int = 4):
