@@ -61,7 +61,8 @@ def _score(model, tok, case: dict, baseline: dict) -> Dict[str, Optional[float]]
 
 def _answers(model, tok, case: dict) -> Dict[str, str]:
     fields = {"edited": "prompt", "paraphrase": "rephrase_prompt", "unrelated": "locality_prompt"}
-    return {name: metrics.greedy_answer(model, tok, case[key]) for name, key in fields.items() if case.get(key)}
+    answers = {name: metrics.greedy_answer(model, tok, case[key]) for name, key in fields.items() if case.get(key)}
+    return {name: text or "(only whitespace)" for name, text in answers.items()}
 
 
 def edit_one_at_a_time(model, tok, cases, hparams, baselines) -> ModeResult:
