@@ -1,0 +1,76 @@
+"""Access to the host (an EasyEdit checkout): import, BaFT registration, and its own metric functions."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+class HostError(RuntimeError):
+    """EasyEdit could not be imported or lacks what the benchmark needs; the message says how to fix it."""
+
+
+def import_host():
+    """Import easyeditor (EASYEDIT_ROOT first on sys.path when set) and register BaFT into it."""
+    root = os.environ.get("EASYEDIT_ROOT")
+    if root:
+        if not (Path(root) / "easyeditor").is_dir():
+            raise HostError(f"EASYEDIT_ROOT={root!r} has no easyeditor/ folder; point it at an EasyEdit checkout")
+        sys.path.insert(0, str(Path(root).resolve()))
+    import easyedit_baft
+
+    try:
+        import easyeditor  # noqa: F401
+    except ImportError as err:
+        raise HostError(
+            f"cannot import easyeditor ({err}); set EASYEDIT_ROOT to an EasyEdit checkout "
+            "(see docs: git archive of zjunlp/EasyEdit) and use a venv where its requirements import"
+        ) from err
+    if hasattr(easyedit_baft, "register_with_host"):
+        easyedit_baft.register_with_host()  # 'BaFT' into ALG_DICT, the restore set and the batch check
+    from easyeditor.util.alg_dict import ALG_DICT
+
+    if "BaFT" not in ALG_DICT:
+        raise HostError(
+            "'BaFT' is not in easyeditor's ALG_DICT after `import easyedit_baft`; "
+            "install a version of easyedit_baft whose import registers it (easyedit_baft/host.py)"
+        )
+    _tolerate_missing_punkt()
+    return easyeditor
+
+
+def _tolerate_missing_punkt() -> None:
+    """Let the host's n-gram entropy run without NLTK's punkt model (not installable offline).
+
+    nltk.word_tokenize first splits sentences with punkt; preserve_line=True skips only that
+    split and keeps NLTK's own word tokenizer, so the entropy definition stays the host's.
+    """
+    import nltk
+
+    try:
+        nltk.word_tokenize("Probe sentence. Second one.")
+        return
+    except LookupError:
+        pass
+    original = nltk.word_tokenize
+
+    def word_tokenize(text, language="english", preserve_line=False):
+        return original(text, language=language, preserve_line=True)
+
+    nltk.word_tokenize = word_tokenize
+
+
+def metric_functions():
+    """The host's evaluation, request builder and restore, so every definition stays EasyEdit's."""
+    from easyeditor.editors.editor import BaseEditor, finalize_locality_metrics
+    from easyeditor.editors.utils import _prepare_requests, restore_after_edit
+    from easyeditor.evaluate import compute_edit_quality
+
+    return dict(
+        BaseEditor=BaseEditor,
+        finalize_locality_metrics=finalize_locality_metrics,
+        prepare_requests=_prepare_requests,
+        restore_after_edit=restore_after_edit,
+        compute_edit_quality=compute_edit_quality,
+    )

@@ -1,0 +1,227 @@
+"""Editing scenarios (single, batch, sequential) driven through the host's own editor and metrics.
+
+Edits go through the host's `BaseEditor.apply_algo` with the same arguments its `edit` passes,
+and every score comes from the host's `compute_edit_quality` + `finalize_locality_metrics`.
+The host's sequential mode scores each edit right after it is made; here a sequence of T edits
+is scored on all T at the end (and at a few checkpoints on the way), which is what continual
+editing asks: do the earlier edits still hold once later ones are in.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from bench_methods import CostMeter, MethodSpec
+
+SCENARIO_PATTERN = re.compile(r"^(single|batch(\d+)|seq(\d+))$")
+
+
+@dataclass
+class Scenario:
+    name: str
+    kind: str  # 'single', 'batch' or 'seq'
+    size: int  # edits per batch, or edits in the sequence
+
+    @staticmethod
+    def parse(name: str) -> "Scenario":
+        match = SCENARIO_PATTERN.match(name)
+        if not match:
+            raise ValueError(f"scenario {name!r} is unknown; use single, batchK or seqT (e.g. batch10, seq100)")
+        if name == "single":
+            return Scenario(name, "single", 1)
+        if match.group(2):
+            return Scenario(name, "batch", int(match.group(2)))
+        return Scenario(name, "seq", int(match.group(3)))
+
+
+@dataclass
+class Host:
+    """The host functions a scenario needs (see bench_host.metric_functions)."""
+
+    BaseEditor: object
+    compute_edit_quality: object
+    finalize_locality_metrics: object
+    restore_after_edit: object
+    prepare_requests: object
+
+
+@dataclass
+class ScenarioResult:
+    records: List[dict] = field(default_factory=list)  # per evaluated request: pre and post metrics
+    edit_seconds: List[float] = field(default_factory=list)  # wall time of each apply_algo call
+    n_edits: int = 0
+    costs: dict = field(default_factory=dict)
+    checkpoints: List[dict] = field(default_factory=list)  # sequential: scores after k edits
+    requests: List[dict] = field(default_factory=list)  # the requests behind `records`, in order
+
+
+# ---- evaluation ----------------------------------------------------------------------------
+
+
+def evaluate(host: Host, editor, model, request: dict, pre: dict, fluency: bool) -> dict:
+    """Post-edit metrics of one request on `model`, with locality scored against `pre`."""
+    post = host.compute_edit_quality(
+        model, editor.model_name, editor.hparams, editor.tok, request, editor.hparams.device,
+        test_generation=fluency,
+    )
+    metric = {"pre": copy.deepcopy(pre), "post": post}
+    host.finalize_locality_metrics(metric, request, editor.hparams, editor.model_name)
+    return metric
+
+
+def pre_edit_metrics(host: Host, editor, requests: List[dict]) -> List[dict]:
+    """The unedited model's outputs (locality is scored as agreement with them)."""
+    return [
+        host.compute_edit_quality(editor.model, editor.model_name, editor.hparams, editor.tok, r,
+                                  editor.hparams.device, test_generation=False)
+        for r in tqdm(requests, desc="pre-edit", leave=False)
+    ]
+
+
+def _mean(values) -> Optional[float]:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))]
+    return float(np.mean(values)) if values else None
+
+
+def _acc(value) -> Optional[float]:
+    if value is None:
+        return None
+    return _mean(value) if isinstance(value, (list, tuple, np.ndarray)) else float(value)
+
+
+def record_scores(metric: dict) -> dict:
+    """rel/gen/loc/port/fluency of one request, each the host's per-key means."""
+    post = metric["post"]
+    loc_keys = [k for k in post.get("locality", {}) if k.endswith("_acc")]
+    port_keys = [k for k in post.get("portability", {}) if k.endswith("_acc")]
+    return {
+        "rel": _acc(post.get("rewrite_acc")),
+        "gen": _acc(post.get("rephrase_acc")),
+        "loc": _mean([_acc(post["locality"][k]) for k in loc_keys]),
+        "port": _mean([_acc(post["portability"][k]) for k in port_keys]),
+        "fluency": (post.get("fluency") or {}).get("ngram_entropy"),
+    }
+
+
+def mean_scores(metrics: List[dict]) -> dict:
+    scores = [record_scores(m) for m in metrics]
+    return {key: _mean([s[key] for s in scores]) for key in ("rel", "gen", "loc", "port", "fluency")}
+
+
+def _evaluate_all(host, editor, model, requests, pres, fluency_n, desc) -> List[dict]:
+    return [
+        evaluate(host, editor, model, r, p, fluency=i < fluency_n)
+        for i, (r, p) in enumerate(tqdm(list(zip(requests, pres)), desc=desc, leave=False))
+    ]
+
+
+# ---- editing -------------------------------------------------------------------------------
+
+
+def apply_edit(editor, requests: List[dict]):
+    """One call of the method, exactly as the host's BaseEditor.edit makes it; returns (model, copy, seconds)."""
+    start = time.perf_counter()
+    edited_model, weights_copy = editor.apply_algo(
+        editor.model, editor.tok, requests, editor.hparams,
+        copy=False, return_orig_weights=True, keep_original_weight=False, train_ds=None,
+    )
+    return edited_model, weights_copy, time.perf_counter() - start
+
+
+def _underlying_model(edited_model):
+    """GRACE and WISE return a wrapper around the model; costs are read from the model inside."""
+    wrapped = type(edited_model).__name__ in ("GRACE", "WISE")
+    return getattr(edited_model, "model", edited_model) if wrapped else edited_model
+
+
+def _keep_edited_model(editor, spec: MethodSpec, edited_model) -> None:
+    # The host's sequential mode keeps the PEFT wrapper as the model for LoRA; others edit in place.
+    if spec.alg_name == "LoRA":
+        editor.model = edited_model
+
+
+def _merge_costs(costs: List[dict]) -> dict:
+    keys = {k for c in costs for k in c}
+    return {k: _mean([c.get(k) for c in costs]) for k in keys}
+
+
+def run_single(host, editor, spec, requests, pres, fluency_n) -> ScenarioResult:
+    """Each request edited alone on the unedited model, scored, then undone (the host's restore)."""
+    result = ScenarioResult()
+    costs = []
+    for i, (request, pre) in enumerate(tqdm(list(zip(requests, pres)), desc=f"{spec.name} single")):
+        edited_model, weights_copy, seconds = apply_edit(editor, [request])
+        result.edit_seconds.append(seconds)
+        meter = CostMeter(spec)
+        meter.after_edit(_underlying_model(edited_model), weights_copy, 1)
+        costs.append(meter.summary(_underlying_model(edited_model), 1))
+        result.records.append(evaluate(host, editor, edited_model, request, pre, fluency=i < fluency_n))
+        host.restore_after_edit(editor, edited_model, weights_copy)
+        result.n_edits += 1
+    result.costs = _merge_costs(costs)
+    return result
+
+
+def run_batch(host, editor, spec, requests, pres, fluency_n, batch_size) -> ScenarioResult:
+    """Requests edited batch_size at a time in one call, scored, then undone."""
+    result = ScenarioResult()
+    costs = []
+    chunks = [list(range(i, min(i + batch_size, len(requests)))) for i in range(0, len(requests), batch_size)]
+    for chunk in tqdm(chunks, desc=f"{spec.name} batch{batch_size}"):
+        batch = [requests[i] for i in chunk]
+        edited_model, weights_copy, seconds = apply_edit(editor, batch)
+        result.edit_seconds.extend([seconds / len(batch)] * len(batch))
+        meter = CostMeter(spec)
+        meter.after_edit(_underlying_model(edited_model), weights_copy, len(batch))
+        costs.append(meter.summary(_underlying_model(edited_model), len(batch)))
+        for i in chunk:
+            result.records.append(evaluate(host, editor, edited_model, requests[i], pres[i],
+                                           fluency=i < fluency_n))
+        host.restore_after_edit(editor, edited_model, weights_copy)
+        result.n_edits += len(batch)
+    result.costs = _merge_costs(costs)
+    return result
+
+
+def checkpoint_steps(total: int, requested: List[int]) -> List[int]:
+    """Sequence lengths at which all edits so far are scored (the last one always included)."""
+    return sorted({k for k in requested if 0 < k < total} | {total})
+
+
+def run_sequential(host, editor, spec, requests, pres, fluency_n, checkpoints) -> ScenarioResult:
+    """Requests edited one after another on the same model (nothing undone), scored at the checkpoints."""
+    result = ScenarioResult()
+    meter = CostMeter(spec)
+    steps = checkpoint_steps(len(requests), checkpoints)
+    edited_model = editor.model
+    for k, request in enumerate(tqdm(requests, desc=f"{spec.name} seq{len(requests)}"), start=1):
+        edited_model, weights_copy, seconds = apply_edit(editor, [request])
+        result.edit_seconds.append(seconds)
+        meter.after_edit(_underlying_model(edited_model), weights_copy, 1)
+        _keep_edited_model(editor, spec, edited_model)
+        result.n_edits += 1
+        if k in steps:
+            final = k == len(requests)
+            metrics = _evaluate_all(host, editor, edited_model, requests[:k], pres[:k],
+                                    fluency_n if final else 0, desc=f"score {k} edits")
+            result.checkpoints.append({"edits": k, **mean_scores(metrics)})
+            if final:
+                result.records = metrics
+    result.costs = meter.summary(_underlying_model(edited_model), result.n_edits)
+    return result
+
+
+def run_scenario(host, editor, spec, scenario: Scenario, requests, pres, fluency_n, checkpoints) -> ScenarioResult:
+    if scenario.kind == "single":
+        return run_single(host, editor, spec, requests, pres, fluency_n)
+    if scenario.kind == "batch":
+        return run_batch(host, editor, spec, requests, pres, fluency_n, scenario.size)
+    return run_sequential(host, editor, spec, requests[: scenario.size], pres[: scenario.size],
+                          fluency_n, checkpoints)

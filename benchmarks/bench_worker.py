@@ -1,0 +1,165 @@
+"""One method's share of a benchmark run: every data set and scenario, each saved as soon as it ends."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+from bench_data import build_requests, training_loc_prompts
+from bench_host import import_host, metric_functions
+from bench_memory import PeakMemory
+from bench_methods import MethodSpec, load_hparams
+from bench_scenarios import Host, Scenario, mean_scores, pre_edit_metrics, record_scores, run_scenario
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def write_json(path: Path, data) -> None:
+    """Write beside the target, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".tmp")
+    staging.write_text(json.dumps(data, indent=1, default=_json_default))
+    staging.replace(path)
+
+
+def resolve_stats_dir(args, hparams_file: Path):
+    """--stats-dir, else the hparams' own stats_dir; a relative one is read from the repo root."""
+    if args.stats_dir is not None:
+        return args.stats_dir.resolve()
+    import yaml
+
+    configured = (yaml.safe_load(hparams_file.read_text()) or {}).get("stats_dir")
+    if not configured:
+        return None
+    path = Path(configured)
+    return path if path.is_absolute() else (Path(__file__).resolve().parent.parent / path).resolve()
+
+
+def _pre_cache_path(args, data_set: str, alg_name: str) -> Path:
+    # GRACE's evaluation generates instead of teacher forcing, so its pre-edit outputs differ.
+    mode = "generate" if alg_name == "GRACE" else "teacher"
+    tag = Path(str(args.model)).name
+    return args.results_dir / "pre_cache" / f"{tag}__{data_set}__n{args.n}__{mode}.json"
+
+
+def pre_edit(args, host: Host, editor, spec: MethodSpec, data_set: str, requests):
+    """Pre-edit metrics, shared between methods through a cache file (they depend only on the model)."""
+    path = _pre_cache_path(args, data_set, spec.alg_name)
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if len(cached) == len(requests):
+            return cached
+    pres = json.loads(json.dumps(pre_edit_metrics(host, editor, requests), default=_json_default))
+    write_json(path, pres)
+    return pres
+
+
+def _slim_record(metric: dict, request: dict) -> dict:
+    """What is kept per request: its text and its scores (the host's full metric dicts are large)."""
+    return {"prompt": request["prompt"], "target_new": request["target_new"], **record_scores(metric)}
+
+
+def hparams_record(hparams) -> dict:
+    """The hparams as the run used them (file values plus the benchmark's overrides)."""
+    fields = dict(vars(hparams))
+    fields["model_name"] = str(fields.get("model_name"))
+    return json.loads(json.dumps(fields, default=_json_default))
+
+
+def summarise(spec, scenario, data_set, args, result, peak, hparams, hparams_file, seconds) -> dict:
+    scores = mean_scores(result.records)
+    edit_seconds = result.edit_seconds
+    return {
+        "status": "ok", "method": spec.name, "alg_name": spec.alg_name, "set": data_set,
+        "scenario": scenario.name, "n": args.n, "n_edits": result.n_edits,
+        "n_scored": len(result.records), **scores,
+        "seconds_per_edit": float(np.mean(edit_seconds)) if edit_seconds else None,
+        "edit_seconds_total": float(np.sum(edit_seconds)), "wall_seconds": seconds,
+        **result.costs,
+        "peak_mb": peak.get("block_peak_mb") or peak.get("getrusage_peak_mb"), "memory": peak,
+        "checkpoints": result.checkpoints, "hparams_file": str(hparams_file), "hparams": hparams_record(hparams),
+        "fluency_n": min(args.fluency_n, len(result.records)),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "records": [_slim_record(m, r) for m, r in zip(result.records, result.requests)],
+    }
+
+
+def run_one(args, host, spec, hparams_file, stats_dir, data_set, scenario, requests):
+    """Fresh model, pre-edit outputs, the scenario; returns the summary dict."""
+    started = time.time()
+    batch_size = scenario.size if scenario.kind == "batch" else 1
+    hparams = load_hparams(spec, hparams_file, args.model_dir, stats_dir, batch_size)
+    with PeakMemory() as peak:
+        editor = host.BaseEditor(hparams)
+        pres = pre_edit(args, host, editor, spec, data_set, requests)
+        result = run_scenario(host, editor, spec, scenario, requests, pres, args.fluency_n, args.checkpoints)
+    result.requests = requests[: len(result.records)]
+    del editor
+    return summarise(spec, scenario, data_set, args, result, peak.report(), hparams, hparams_file,
+                     time.time() - started)
+
+
+def _skip_reason(args, spec: MethodSpec, scenario: Scenario, n: int):
+    allowed = args.scenario_limits.get(spec.name)
+    if allowed is not None and scenario.name not in allowed:
+        return f"not run: --scenarios-for limited {spec.name} to {','.join(allowed)} (time budget)"
+    if scenario.kind == "batch" and not spec.batchable:
+        return f"{spec.name} is not batchable in the host (BatchEditor.is_batchable_method)"
+    if scenario.kind == "seq" and scenario.size > n:
+        return f"{scenario.name} needs at least {scenario.size} records; --n is {n}"
+    return None
+
+
+def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
+    from easyedit_baft.model_loading import resolve_model_path
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    import_host()
+    host = Host(**metric_functions())
+    args.model_dir = resolve_model_path(args.model)
+    stats_dir = resolve_stats_dir(args, hparams_file) if hparams_file.is_file() else None
+    failed = 0
+    for data_set in args.sets:
+        loc_prompts = training_loc_prompts(args.data_dir, args.n) if spec.takes_loc_prompts else None
+        prepare = host.prepare_requests
+        if loc_prompts:
+            prepare = lambda *a, **k: host.prepare_requests(*a, loc_prompts=loc_prompts, **k)  # noqa: E731
+        requests = build_requests(prepare, args.data_dir, data_set, args.n)
+        for name in args.scenarios:
+            scenario = Scenario.parse(name)
+            out = result_path(args.results_dir, args.n, spec.name, data_set, name)
+            if out.is_file() and not args.force:
+                saved = json.loads(out.read_text())
+                if saved.get("n") == args.n and saved.get("status") == "ok":
+                    continue
+            reason = _skip_reason(args, spec, scenario, args.n)
+            if reason:
+                write_json(out, {"status": "skipped", "method": spec.name, "set": data_set,
+                                 "scenario": name, "n": args.n, "reason": reason})
+                continue
+            print(f"[{spec.name}] {data_set} {name}: start {time.strftime('%H:%M:%S')}", flush=True)
+            try:
+                summary = run_one(args, host, spec, hparams_file, stats_dir, data_set, scenario, requests)
+            except Exception as err:
+                traceback.print_exc()
+                failed += 1
+                write_json(out, {"status": "failed", "method": spec.name, "set": data_set, "scenario": name,
+                                 "n": args.n, "error": f"{type(err).__name__}: {err}"})
+                continue
+            write_json(out, summary)
+            print(f"[{spec.name}] {data_set} {name}: rel={summary['rel']} gen={summary['gen']} "
+                  f"loc={summary['loc']} port={summary['port']} s/edit={summary['seconds_per_edit']:.2f} "
+                  f"wall={summary['wall_seconds']:.0f}s", flush=True)
+    return 1 if failed else 0
