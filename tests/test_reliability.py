@@ -32,15 +32,6 @@ from easyedit_baft.trainer import NonFiniteError
 GOOD = REQUESTS[0]
 
 
-@pytest.fixture(scope="module", params=["fresh", "edited"])
-def model(request, tok):
-    """A tiny Llama with no edits, or with one; tests here must leave it unchanged."""
-    model = tiny_llama()
-    if request.param == "edited":
-        edit(model, tok, REQUESTS[1])
-    return model
-
-
 # --- fault injection ------------------------------------------------------------------------------
 
 

@@ -16,15 +16,6 @@ from easyedit_baft.requests import RequestError, target_token_ids
 GOOD = {"prompt": "The capital of France is", "target_new": "Rome"}
 
 
-@pytest.fixture(scope="module", params=["fresh", "edited"])
-def model(request, tok):
-    """A tiny Llama with no edits, or with one; every test here must leave it unchanged."""
-    model = tiny_llama()
-    if request.param == "edited":
-        edit(model, tok, REQUESTS[1])
-    return model
-
-
 def assert_refused_untouched(model, tok, requests, match, hp=None, error=RequestError):
     before = Fingerprint(model, tok)
     with pytest.raises(error, match=match):

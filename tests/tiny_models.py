@@ -186,3 +186,12 @@ def _layer_types(model) -> Optional[list]:
         return [type(m) for m in plumbing.decoder_layers(model)]
     except plumbing.UnsupportedModelError:
         return None
+
+
+@pytest.fixture(scope="module", params=["fresh", "edited"])
+def model(request, tok):
+    """A tiny Llama with no edits, or with one (shared by tests that must leave the model unchanged)."""
+    model = tiny_llama()
+    if request.param == "edited":
+        edit(model, tok, REQUESTS[1])
+    return model
