@@ -88,8 +88,8 @@ _CONVERTERS = {"zsre": _from_zsre, "counterfact": _from_counterfact, "knowedit":
                "requests": _from_counterfact}
 
 
-def load_edit_cases(path, n: Optional[int] = None) -> List[dict]:
-    """The first n records of a ZsRE, CounterFact, KnowEdit or plain-requests JSON file."""
+def read_records(path, n: Optional[int] = None) -> List[dict]:
+    """The first n raw records of a JSON list file (checked: exists, parses, non-empty list)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist; pass an existing JSON file")
@@ -103,6 +103,12 @@ def load_edit_cases(path, n: Optional[int] = None) -> List[dict]:
         if n < 1:
             raise ValueError(f"n={n}: ask for at least one record")
         records = records[:n]
+    return records
+
+
+def load_edit_cases(path, n: Optional[int] = None) -> List[dict]:
+    """The first n records of a ZsRE, CounterFact, KnowEdit or plain-requests JSON file."""
+    records = read_records(path, n)
     convert = _CONVERTERS[record_format(records[0])]
     return [convert(r) for r in records]
 

@@ -10,9 +10,11 @@ Three record shapes are understood:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
+
+import host_setup  # noqa: F401  (puts the checkout on sys.path)
+from easyedit_baft.records import read_records  # noqa: E402
 
 FORMATS = ("zsre", "counterfact", "knowedit")
 
@@ -39,15 +41,7 @@ def detect_format(record: dict) -> str:
 
 def load_records(path: Path, n: Optional[int] = None) -> Tuple[List[dict], str]:
     """The first n records of a JSON list file and their detected format."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"--data {str(path)!r} does not exist; pass a ZsRE or CounterFact JSON file")
-    records = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(records, list) or not records:
-        raise ValueError(f"--data {str(path)!r} must hold a non-empty JSON list of records")
-    if n is not None:
-        if n < 1:
-            raise ValueError(f"--n {n} must be at least 1")
-        records = records[:n]
+    records = read_records(path, n)
     return records, detect_format(records[0])
 
 
