@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from bench_journal import journal_path, read_partial
+
 TABLE_COLUMNS = ["method", "rel", "gen", "loc", "port", "HM(rel,gen,loc)", "fluency", "s/edit",
                  "params/edit", "peak MB", "edit size"]
 PLOTTED_SCORES = [("rel", "reliability (rewrite_acc)"), ("gen", "generalization (rephrase_acc)"),
@@ -34,15 +36,39 @@ def _method_order(name: str) -> int:
     return METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER)
 
 
+def partial_run(path: Path) -> Optional[dict]:
+    """A single-edit run still under way (or cut off): its journal's records so far, marked partial."""
+    header, entries = read_partial(path)
+    if not entries:
+        return None
+    scores = [e["scores"] for e in entries]
+    means = {k: _mean([s.get(k) for s in scores]) for k in ("rel", "gen", "loc", "port", "fluency")}
+    costs = {k: _mean([e["costs"].get(k) for e in entries]) for k in ("params_per_edit", "edit_bytes")}
+    return {"status": "partial", "method": header["method"], "set": header["set"], "scenario": header["scenario"],
+            "n": header["n"], "n_scored": len(entries), **means, **costs,
+            "seconds_per_edit": _mean([e["edit_seconds"] for e in entries]), "peak_mb": None}
+
+
 def load_runs(results_dir: Path) -> List[dict]:
-    """Every result under RESULTS/runs/n*/set/scenario/, whatever run wrote it (several N may coexist)."""
+    """Every result under RESULTS/runs/n*/set/scenario/, whatever run wrote it (several N may coexist).
+
+    A run that has not finished is shown from its journal, as partial, unless a finished result exists.
+    """
     runs = []
     for path in sorted((results_dir / "runs").glob("n*/*/*/*.json")):
         run = json.loads(path.read_text())
         run.pop("records", None)  # per-request scores stay in runs/
-        if run.get("status") == "ok":
-            run["hm"] = harmonic_mean([run.get("rel"), run.get("gen"), run.get("loc")])
+        partial = journal_path(path)
+        if run.get("status") != "ok" and partial.is_file():
+            run = partial_run(partial) or run
         runs.append(run)
+    for partial in sorted((results_dir / "runs").glob("n*/*/*/*.partial.jsonl")):
+        if not partial.with_name(partial.name.replace(".partial.jsonl", ".json")).is_file():
+            run = partial_run(partial)
+            runs.extend([run] if run else [])
+    for run in runs:
+        if run.get("status") in ("ok", "partial"):
+            run["hm"] = harmonic_mean([run.get("rel"), run.get("gen"), run.get("loc")])
     runs.sort(key=lambda r: (r["n"], r["set"], _scenario_order(r["scenario"]), _method_order(r["method"])))
     return runs
 
@@ -58,6 +84,11 @@ def _groups(runs: List[dict]) -> List[tuple]:
 
 
 # ---- formatting ------------------------------------------------------------------------------
+
+
+def _mean(values) -> Optional[float]:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 def _pct(value) -> str:
@@ -87,10 +118,11 @@ def _bytes(value) -> str:
 
 
 def table_row(run: dict) -> List[str]:
-    if run.get("status") != "ok":
+    if run.get("status") not in ("ok", "partial"):
         why = run.get("reason") or run.get("error") or run.get("status")
         return [run["method"], f"{run.get('status')}: {why}"[:200]] + [""] * (len(TABLE_COLUMNS) - 2)
-    return [run["method"], _pct(run["rel"]), _pct(run["gen"]), _pct(run["loc"]), _pct(run["port"]),
+    name = run["method"] if run["status"] == "ok" else f"{run['method']} (partial: {run['n_scored']}/{run['n']})"
+    return [name, _pct(run["rel"]), _pct(run["gen"]), _pct(run["loc"]), _pct(run["port"]),
             _pct(run["hm"]), _num(run["fluency"]), _num(run["seconds_per_edit"]),
             _count(run.get("params_per_edit")), _num(run.get("peak_mb"), 0), _bytes(run.get("edit_bytes"))]
 
@@ -152,7 +184,7 @@ def check_targets(runs: List[dict]) -> List[str]:
                 others = ", ".join(f"{r['method']} {_pct(r['hm'])}" for r in rivals)
                 missing = [r["method"] for r in runs if (r["n"], r["set"], r["scenario"]) == key
                            and r["status"] != "ok"]
-                note = f" (not run: {', '.join(missing)})" if missing else ""
+                note = f" (not run or not finished: {', '.join(missing)})" if missing else ""
                 lines.append(f"[{verdict:7}] {where}: BaFT HM {_pct(baft['hm'])} highest? vs {others}{note}")
         if baft and rome:
             b, r = baft["seconds_per_edit"], rome["seconds_per_edit"]

@@ -18,6 +18,7 @@ from typing import Dict, List, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
+from bench_journal import Journal, ordered
 from bench_methods import CostMeter, MethodSpec
 
 SCENARIO_PATTERN = re.compile(r"^(single|batch(\d+)|seq(\d+))$")
@@ -54,7 +55,7 @@ class Host:
 
 @dataclass
 class ScenarioResult:
-    records: List[dict] = field(default_factory=list)  # per evaluated request: pre and post metrics
+    records: List[dict] = field(default_factory=list)  # per evaluated request: its scores (record_scores)
     edit_seconds: List[float] = field(default_factory=list)  # wall time of each apply_algo call
     n_edits: int = 0
     costs: dict = field(default_factory=dict)
@@ -66,14 +67,14 @@ class ScenarioResult:
 
 
 def evaluate(host: Host, editor, model, request: dict, pre: dict, fluency: bool) -> dict:
-    """Post-edit metrics of one request on `model`, with locality scored against `pre`."""
+    """Scores of one request on `model` (the host's metrics, locality scored against `pre`)."""
     post = host.compute_edit_quality(
         model, editor.model_name, editor.hparams, editor.tok, request, editor.hparams.device,
         test_generation=fluency,
     )
     metric = {"pre": copy.deepcopy(pre), "post": post}
     host.finalize_locality_metrics(metric, request, editor.hparams, editor.model_name)
-    return metric
+    return record_scores(metric)
 
 
 def pre_edit_metrics(host: Host, editor, requests: List[dict]) -> List[dict]:
@@ -110,8 +111,7 @@ def record_scores(metric: dict) -> dict:
     }
 
 
-def mean_scores(metrics: List[dict]) -> dict:
-    scores = [record_scores(m) for m in metrics]
+def mean_scores(scores: List[dict]) -> dict:
     return {key: _mean([s[key] for s in scores]) for key in ("rel", "gen", "loc", "port", "fluency")}
 
 
@@ -152,21 +152,27 @@ def _merge_costs(costs: List[dict]) -> dict:
     return {k: _mean([c.get(k) for c in costs]) for k in keys}
 
 
-def run_single(host, editor, spec, requests, pres, fluency_n) -> ScenarioResult:
-    """Each request edited alone on the unedited model, scored, then undone (the host's restore)."""
-    result = ScenarioResult()
-    costs = []
+def run_single(host, editor, spec, requests, pres, fluency_n, journal: Optional[Journal] = None) -> ScenarioResult:
+    """Each request edited alone on the unedited model, scored, then undone (the host's restore).
+
+    With a journal, records it already holds are taken from it and each new one is added to it.
+    """
+    journal = journal or Journal(None, {})
     for i, (request, pre) in enumerate(tqdm(list(zip(requests, pres)), desc=f"{spec.name} single")):
+        if i in journal.entries:
+            continue
+        started = time.perf_counter()
         edited_model, weights_copy, seconds = apply_edit(editor, [request])
-        result.edit_seconds.append(seconds)
         meter = CostMeter(spec)
         meter.after_edit(_underlying_model(edited_model), weights_copy, 1)
-        costs.append(meter.summary(_underlying_model(edited_model), 1))
-        result.records.append(evaluate(host, editor, edited_model, request, pre, fluency=i < fluency_n))
+        costs = meter.summary(_underlying_model(edited_model), 1)
+        scores = evaluate(host, editor, edited_model, request, pre, fluency=i < fluency_n)
         host.restore_after_edit(editor, edited_model, weights_copy)
-        result.n_edits += 1
-    result.costs = _merge_costs(costs)
-    return result
+        journal.record(i, {"prompt": request["prompt"], "scores": scores, "edit_seconds": seconds,
+                           "costs": costs, "seconds": time.perf_counter() - started})
+    entries = ordered(journal.entries)
+    return ScenarioResult(records=[e["scores"] for e in entries], edit_seconds=[e["edit_seconds"] for e in entries],
+                          n_edits=len(entries), costs=_merge_costs([e["costs"] for e in entries]))
 
 
 def run_batch(host, editor, spec, requests, pres, fluency_n, batch_size) -> ScenarioResult:
@@ -218,9 +224,10 @@ def run_sequential(host, editor, spec, requests, pres, fluency_n, checkpoints) -
     return result
 
 
-def run_scenario(host, editor, spec, scenario: Scenario, requests, pres, fluency_n, checkpoints) -> ScenarioResult:
+def run_scenario(host, editor, spec, scenario: Scenario, requests, pres, fluency_n, checkpoints,
+                 journal: Optional[Journal] = None) -> ScenarioResult:
     if scenario.kind == "single":
-        return run_single(host, editor, spec, requests, pres, fluency_n)
+        return run_single(host, editor, spec, requests, pres, fluency_n, journal)
     if scenario.kind == "batch":
         return run_batch(host, editor, spec, requests, pres, fluency_n, scenario.size)
     return run_sequential(host, editor, spec, requests[: scenario.size], pres[: scenario.size],

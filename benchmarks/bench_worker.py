@@ -13,7 +13,8 @@ from bench_data import build_requests, training_loc_prompts
 from bench_host import import_host, metric_functions
 from bench_memory import PeakMemory
 from bench_methods import MethodSpec, load_hparams
-from bench_scenarios import Host, Scenario, mean_scores, pre_edit_metrics, record_scores, run_scenario
+from bench_journal import Journal, journal_path
+from bench_scenarios import Host, Scenario, mean_scores, pre_edit_metrics, run_scenario
 
 
 def _json_default(value):
@@ -64,9 +65,9 @@ def pre_edit(args, host: Host, editor, spec: MethodSpec, data_set: str, requests
     return pres
 
 
-def _slim_record(metric: dict, request: dict) -> dict:
+def _slim_record(scores: dict, request: dict) -> dict:
     """What is kept per request: its text and its scores (the host's full metric dicts are large)."""
-    return {"prompt": request["prompt"], "target_new": request["target_new"], **record_scores(metric)}
+    return {"prompt": request["prompt"], "target_new": request["target_new"], **scores}
 
 
 def hparams_record(hparams) -> dict:
@@ -76,7 +77,7 @@ def hparams_record(hparams) -> dict:
     return json.loads(json.dumps(fields, default=_json_default))
 
 
-def summarise(spec, scenario, data_set, args, result, peak, hparams, hparams_file, seconds) -> dict:
+def summarise(spec, scenario, data_set, args, result, peak, hparams, hparams_file, seconds, resumed) -> dict:
     scores = mean_scores(result.records)
     edit_seconds = result.edit_seconds
     return {
@@ -90,23 +91,47 @@ def summarise(spec, scenario, data_set, args, result, peak, hparams, hparams_fil
         "checkpoints": result.checkpoints, "hparams_file": str(hparams_file), "hparams": hparams_record(hparams),
         "fluency_n": min(args.fluency_n, len(result.records)),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        # Records taken from an earlier, cut-off run's journal: wall_seconds includes theirs, peak memory not.
+        "resumed_records": resumed,
         "records": [_slim_record(m, r) for m, r in zip(result.records, result.requests)],
     }
 
 
-def run_one(args, host, spec, hparams_file, stats_dir, data_set, scenario, requests):
+def open_journal(args, spec, data_set, scenario, hparams, out: Path):
+    """Single edits resume from the journal of a cut-off run with the same method, data and hparams."""
+    if scenario.kind != "single":
+        return None
+    header = {"method": spec.name, "set": data_set, "scenario": scenario.name, "n": args.n,
+              "data_dir": str(args.data_dir.resolve()), "fluency_n": args.fluency_n,
+              "hparams": hparams_record(hparams)}
+    journal = Journal(journal_path(out), json.loads(json.dumps(header, default=_json_default)))
+    if journal.discarded_reason:
+        print(f"[{spec.name}] {data_set} {scenario.name}: earlier journal discarded: {journal.discarded_reason}",
+              flush=True)
+    elif journal.entries:
+        print(f"[{spec.name}] {data_set} {scenario.name}: resuming after {len(journal.entries)} journalled records",
+              flush=True)
+    return journal
+
+
+def run_one(args, host, spec, hparams_file, stats_dir, data_set, scenario, requests, out: Path):
     """Fresh model, pre-edit outputs, the scenario; returns the summary dict."""
     started = time.time()
     batch_size = scenario.size if scenario.kind == "batch" else 1
     hparams = load_hparams(spec, hparams_file, args.model_dir, stats_dir, batch_size)
+    journal = open_journal(args, spec, data_set, scenario, hparams, out)
+    resumed = len(journal.entries) if journal else 0
+    earlier_seconds = sum(e["seconds"] for e in journal.entries.values()) if journal else 0.0
     with PeakMemory() as peak:
         editor = host.BaseEditor(hparams)
         pres = pre_edit(args, host, editor, spec, data_set, requests)
-        result = run_scenario(host, editor, spec, scenario, requests, pres, args.fluency_n, args.checkpoints)
+        result = run_scenario(host, editor, spec, scenario, requests, pres, args.fluency_n, args.checkpoints,
+                              journal)
     result.requests = requests[: len(result.records)]
     del editor
-    return summarise(spec, scenario, data_set, args, result, peak.report(), hparams, hparams_file,
-                     time.time() - started)
+    summary = summarise(spec, scenario, data_set, args, result, peak.report(), hparams, hparams_file,
+                        time.time() - started + earlier_seconds, resumed)
+    return summary, journal
 
 
 def _skip_reason(args, spec: MethodSpec, scenario: Scenario, n: int):
@@ -151,7 +176,8 @@ def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
                 continue
             print(f"[{spec.name}] {data_set} {name}: start {time.strftime('%H:%M:%S')}", flush=True)
             try:
-                summary = run_one(args, host, spec, hparams_file, stats_dir, data_set, scenario, requests)
+                summary, journal = run_one(args, host, spec, hparams_file, stats_dir, data_set, scenario,
+                                           requests, out)
             except Exception as err:
                 traceback.print_exc()
                 failed += 1
@@ -159,6 +185,8 @@ def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
                                  "n": args.n, "error": f"{type(err).__name__}: {err}"})
                 continue
             write_json(out, summary)
+            if journal:
+                journal.done()
             print(f"[{spec.name}] {data_set} {name}: rel={summary['rel']} gen={summary['gen']} "
                   f"loc={summary['loc']} port={summary['port']} s/edit={summary['seconds_per_edit']:.2f} "
                   f"wall={summary['wall_seconds']:.0f}s", flush=True)

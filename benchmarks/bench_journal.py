@@ -1,0 +1,60 @@
+"""Per-record journal of a single-edit run, so a run cut off part-way resumes where it stopped.
+
+Single edits are independent (each is undone before the next), so the records already scored stay
+valid as long as the method, data and hparams are the same; the journal's first line says which.
+One JSON line is appended per finished record, so a cut-off run loses at most the record in flight.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional
+
+
+def journal_path(result_file: Path) -> Path:
+    return result_file.with_name(result_file.stem + ".partial.jsonl")
+
+
+class Journal:
+    """Finished records by index; with path None it is kept in memory only."""
+
+    def __init__(self, path: Optional[Path], header: dict):
+        self.path = path
+        self.header = header
+        self.entries: Dict[int, dict] = {}
+        self.discarded_reason = None
+        if path is not None and path.is_file():
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            if lines and lines[0] == header:
+                self.entries = {entry["index"]: entry for entry in lines[1:]}
+            else:
+                # A journal of other hparams or data would mix two different runs into one score.
+                self.discarded_reason = "its method, data or hparams differ from this run's"
+                path.unlink()
+
+    def record(self, index: int, entry: dict) -> None:
+        entry = {"index": index, **entry}
+        self.entries[index] = entry
+        if self.path is None:
+            return
+        if not self.path.is_file():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.header) + "\n")
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(entry, default=float) + "\n")
+
+    def done(self) -> None:
+        """The full result is written: the journal has served its purpose."""
+        if self.path is not None and self.path.is_file():
+            self.path.unlink()
+
+
+def read_partial(path: Path) -> tuple:
+    """(header, entries) of a journal on disk, for the report."""
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return (lines[0], lines[1:]) if lines else ({}, [])
+
+
+def ordered(entries: Dict[int, dict]) -> List[dict]:
+    return [entries[i] for i in sorted(entries)]
