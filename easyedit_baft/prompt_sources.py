@@ -7,6 +7,7 @@ portability): training on those would leak the test into the edit.
 from __future__ import annotations
 
 import json
+import random
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -24,10 +25,31 @@ CONTEXT_PREFIXES = (
 )
 
 
+def _package_lines(name: str) -> tuple:
+    text = resources.files("easyedit_baft").joinpath(f"data/{name}").read_text(encoding="utf-8")
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
 @lru_cache(maxsize=None)
 def builtin_unrelated_prompts() -> tuple:
-    text = resources.files("easyedit_baft").joinpath("data/unrelated_prompts.txt").read_text(encoding="utf-8")
-    return tuple(line.strip() for line in text.splitlines() if line.strip())
+    return _package_lines("unrelated_prompts.txt")
+
+
+@lru_cache(maxsize=None)
+def builtin_subject_names() -> tuple:
+    return _package_lines("subject_names.txt")
+
+
+def subject_swapped_prompts(prompt: str, subject, n: int, rng: random.Random) -> List[str]:
+    """The edit prompt with its subject replaced by n other names ([] when the subject is not in it).
+
+    The same question about someone else must keep its old answer: these prompts teach the gate
+    to open on the subject, not on the relation the prompt asks about.
+    """
+    if n <= 0 or not isinstance(subject, str) or not subject.strip() or subject not in prompt:
+        return []
+    others = [name for name in builtin_subject_names() if name.lower() != subject.strip().lower()]
+    return [prompt.replace(subject, name) for name in rng.sample(others, min(n, len(others)))]
 
 
 def _prompts_from_records(records: list, path: Path) -> List[str]:
@@ -39,7 +61,10 @@ def _prompts_from_records(records: list, path: Path) -> List[str]:
         elif isinstance(record, dict):
             for key in ("loc", "locality_prompt", "prompt", "src"):
                 if isinstance(record.get(key), str) and record[key].strip():
-                    prompts.append(record[key].strip())
+                    # With its answer: an unrelated prompt is scored on its answer tokens too.
+                    answer = record.get("loc_ans") if key == "loc" else None
+                    text = record[key].strip()
+                    prompts.append(f"{text} {answer.strip()}" if isinstance(answer, str) and answer.strip() else text)
                     break
     if not prompts:
         raise ValueError(

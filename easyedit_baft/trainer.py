@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from . import layers as plumbing
 from .hparams import BaFTHyperParams
-from .prompt_sources import CONTEXT_PREFIXES, unrelated_prompts
+from .prompt_sources import CONTEXT_PREFIXES, subject_swapped_prompts, unrelated_prompts
 from .requests import pad_id_of, pad_rows, target_token_ids
 
 
@@ -34,6 +34,7 @@ class EditReport:
     final_loss: float
     edit_loss: float
     holds: bool  # every target token that early stop waits for is the argmax
+    unrelated_change: float = math.nan  # the locality penalty on unrelated prompts (nan: none were used)
 
 
 @dataclass
@@ -64,6 +65,8 @@ def _unrelated_rows(tok, requests: List[dict], hp: BaFTHyperParams, rng: random.
     chosen = rng.sample(pool, min(hp.n_locality_prompts, len(pool)))
     # WISE's convention: the caller may pass its own unrelated prompt with each request.
     chosen += [r["loc_prompt"] for r in requests if r.get("loc_prompt")]
+    for request in requests:
+        chosen += subject_swapped_prompts(request["prompt"], request.get("subject"), hp.n_subject_swaps, rng)
     rows = []
     for text in chosen:
         ids = tok(text)["input_ids"][-hp.max_length :]
@@ -201,9 +204,13 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
                         raise NonFiniteError(
                             f"non-finite loss or gates at step {step} while editing "
                             f"{[r['prompt'] for r in requests]!r:.200}; lower lr (now {hp.lr}) or check the model's dtype")
-                    report = EditReport(step, 0.0, loss.item(), edit_loss.item(), holds)
-                    if (hp.early_stop == "argmax" and holds) or (
-                        hp.early_stop == "loss" and edit_loss.item() < hp.early_stop_loss):
+                    unrelated = unrelated_change.item() if unrelated_states is not None else math.nan
+                    report = EditReport(step, 0.0, loss.item(), edit_loss.item(), holds, unrelated)
+                    edit_done = (hp.early_stop == "argmax" and holds) or (
+                        hp.early_stop == "loss" and edit_loss.item() < hp.early_stop_loss)
+                    local_enough = (hp.early_stop_locality is None or unrelated_states is None
+                                    or unrelated <= hp.early_stop_locality)
+                    if edit_done and local_enough:
                         break
                     grads = torch.autograd.grad(loss, params, allow_unused=True)
                 for p, g in zip(params, grads):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -20,6 +22,7 @@ from tiny_models import (
 from easyedit_baft import layers as plumbing
 from easyedit_baft.baft_main import apply_baft_to_model
 from easyedit_baft.hparams.baft_hparams import LOCALITY_PENALTIES
+from easyedit_baft.prompt_sources import builtin_subject_names, subject_swapped_prompts
 
 
 def holds(model, tok, request) -> bool:
@@ -221,6 +224,40 @@ def test_locality_loss_keeps_unrelated_gates_lower_than_training_without_it(tok,
     assert mean_gate[1.0] < 0.7 * mean_gate[0.0]
 
 
+def test_early_stop_waits_for_locality_when_asked(tok):
+    steps = {}
+    for threshold in (None, 0.002):
+        model = tiny_llama()
+        edit(model, tok, REQUESTS[0], hparams(early_stop_locality=threshold))
+        report = plumbing.get_state(model).last_report
+        assert report.holds
+        steps[threshold] = report.steps
+    assert report.unrelated_change <= 0.002 or report.steps == hparams().n_steps
+    assert steps[0.002] > steps[None]
+
+
+def test_subject_swaps_keep_the_same_question_about_others_unchanged(tok):
+    """Swapped-subject prompts teach the gate the subject: on them, the edit moves the state less."""
+    request = REQUESTS[0]
+    swapped = subject_swapped_prompts(request["prompt"], request["subject"], 12, random.Random(0))
+    change = {}
+    for swaps in (0, len(builtin_subject_names())):
+        model = tiny_llama()
+        edit(model, tok, request, hparams(n_subject_swaps=swaps, early_stop="none", n_steps=30))
+        assert holds(model, tok, request)
+        state = plumbing.get_state(model)
+        with torch.no_grad():
+            moved = []
+            for text in swapped:
+                inputs = plumbing.capture_intervention_inputs(model, sorted(state.interventions),
+                                                              **tok(text, return_tensors="pt"))
+                for i, h in inputs.items():
+                    h = h.float()
+                    moved.append((state.interventions[i].change(h).norm(dim=-1) / h.norm(dim=-1)).max())
+        change[swaps] = torch.stack(moved).mean()
+    assert change[len(builtin_subject_names())] < 0.5 * change[0]
+
+
 # --- architectures --------------------------------------------------------------------------------
 
 
@@ -256,3 +293,26 @@ def test_unknown_architecture_is_refused_naming_supported_ones(tok, build):
     assert repr(model.config.model_type) in str(err.value)
     assert all(name in str(err.value) for name in ("llama", "gpt2", "qwen2", "mistral"))
     before.assert_unchanged()
+
+
+# --- subject-swapped prompts ----------------------------------------------------------------------
+
+
+def test_subject_swapped_prompts_replace_the_subject_with_other_names():
+    swapped = subject_swapped_prompts("Who founded Nokia? Nokia was founded by", "Nokia", 5, random.Random(1))
+    assert len(swapped) == 5 and len(set(swapped)) == 5
+    names = builtin_subject_names()
+    for text in swapped:
+        assert "Nokia" not in text  # every occurrence replaced, and never by the subject itself
+        assert any(text == f"Who founded {n}? {n} was founded by" for n in names)
+
+
+@pytest.mark.parametrize("subject", [None, "", "Oslo", 7])
+def test_no_swaps_when_the_subject_is_missing_or_not_in_the_prompt(subject):
+    assert subject_swapped_prompts("The capital of France is", subject, 4, random.Random(0)) == []
+
+
+def test_zero_swaps_leave_the_random_stream_alone():
+    rng, untouched = random.Random(3), random.Random(3)
+    assert subject_swapped_prompts("The capital of France is", "France", 0, rng) == []
+    assert rng.random() == untouched.random()

@@ -92,9 +92,10 @@ BAD_VALUES = [
     ("fp16", "yes"), ("batch_size", 0), ("max_length", 2.5), ("layers", []), ("layers", [1, 1]),
     ("layers", [-1]), ("layers", "1"), ("layers", [True]), ("rank", 0), ("rank", 1.5), ("lr", 0),
     ("lr", "fast"), ("lr", float("nan")), ("n_steps", 0), ("early_stop", "never"),
-    ("early_stop_loss", 0.0), ("weight_decay", -0.1), ("gate", "sigmoid"), ("gate_temperature", 0),
+    ("early_stop_loss", 0.0), ("early_stop_locality", 0.0), ("early_stop_locality", "low"), ("weight_decay", -0.1), ("gate", "sigmoid"), ("gate_temperature", 0),
     ("gate_init_std", -1), ("lambda_loc", -1), ("kl_weight", float("inf")), ("lambda_lb", "x"),
-    ("locality_source", ""), ("n_locality_prompts", -1), ("n_context_prefixes", None),
+    ("locality_source", ""), ("n_locality_prompts", -1), ("n_subject_swaps", -1), ("n_subject_swaps", 1.5),
+    ("n_context_prefixes", None),
     ("replay_edits", -2), ("seed", -1), ("seed", 2**32), ("gate_input_norm", 1),
 ]
 

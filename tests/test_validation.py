@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
@@ -82,6 +83,15 @@ def test_rank_larger_than_hidden_size_is_refused(model, tok):
 def test_missing_locality_source_file_is_refused(model, tok, tmp_path):
     hp = hparams(locality_source=str(tmp_path / "no_such_prompts.txt"))
     assert_refused_untouched(model, tok, [GOOD], "no_such_prompts.txt", hp, FileNotFoundError)
+
+
+def test_locality_source_records_give_their_unrelated_question_with_its_answer(tmp_path):
+    from easyedit_baft.prompt_sources import unrelated_prompts
+
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps([{"src": "edit me", "loc": "nq question: who wrote dune", "loc_ans": "Frank Herbert"},
+                                {"locality_prompt": "The sky is"}, "A plain line"]))
+    assert unrelated_prompts(str(path)) == ("nq question: who wrote dune Frank Herbert", "The sky is", "A plain line")
 
 
 def test_hparams_of_another_class_are_refused(model, tok):

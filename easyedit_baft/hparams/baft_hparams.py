@@ -57,6 +57,9 @@ class BaFTHyperParams(_HostHyperParams):
     n_steps: int = 60  # a cap: training stops earlier by early_stop
     early_stop: str = "argmax"  # 'argmax': every target token is the argmax; 'loss': below early_stop_loss
     early_stop_loss: float = 0.05
+    # Early stop also waits until the locality penalty on unrelated prompts is at most this (None: it
+    # does not wait). Stopping as soon as the edit holds leaves the gate half-open on unrelated text.
+    early_stop_locality: Optional[float] = None
     weight_decay: float = 0.0
 
     # The basis gate g(h) = sigmoid((U h + c) / tau).
@@ -79,6 +82,8 @@ class BaFTHyperParams(_HostHyperParams):
     # Unrelated prompts for L_loc: 'builtin' (shipped with the package) or a file path.
     locality_source: str = "builtin"
     n_locality_prompts: int = 32
+    # Per request, its prompt with the subject swapped for this many other names, also held unchanged.
+    n_subject_swaps: int = 0
 
     # Generalisation: the target is also trained after this many short neutral prefixes.
     n_context_prefixes: int = 2
@@ -212,6 +217,8 @@ def validate(hp: BaFTHyperParams) -> None:
     _check_int(hp, "n_steps", 1)
     _check_choice(hp, "early_stop", EARLY_STOP_RULES)
     _check_float(hp, "early_stop_loss", 0.0, strictly_above=True)
+    if hp.early_stop_locality is not None:
+        _check_float(hp, "early_stop_locality", 0.0, strictly_above=True)
     _check_float(hp, "weight_decay", 0.0)
     _check_choice(hp, "gate", GATE_MODES)
     _check_choice(hp, "locality_penalty", LOCALITY_PENALTIES)
@@ -223,6 +230,7 @@ def validate(hp: BaFTHyperParams) -> None:
     if not isinstance(hp.locality_source, str) or not hp.locality_source:
         _fail("locality_source", hp.locality_source, "use 'builtin' or the path of a prompts file")
     _check_int(hp, "n_locality_prompts", 0)
+    _check_int(hp, "n_subject_swaps", 0)
     _check_int(hp, "n_context_prefixes", 0)
     _check_int(hp, "replay_edits", 0)
     _check_int(hp, "seed", 0, 2**32 - 1)
