@@ -70,10 +70,32 @@ def _slim_record(scores: dict, request: dict) -> dict:
     return {"prompt": request["prompt"], "target_new": request["target_new"], **scores}
 
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PATH_FIELDS = ("model_name", "stats_dir", "locality_source")
+
+
+def portable_path(value) -> str:
+    """A path as results may record it: relative to the repository, or under ~, not this machine's."""
+    path = Path(str(value)).expanduser()
+    if not path.is_absolute():
+        return str(value)
+    for root, shown in ((REPO_ROOT, None), (REPO_ROOT.parent, ".."), (Path.home(), "~")):
+        if root == Path(root.anchor):
+            continue  # everything is under '/': that says nothing
+        try:
+            relative = path.resolve().relative_to(root.resolve())
+        except ValueError:
+            continue
+        return str(relative) if shown is None else str(Path(shown) / relative)
+    return str(value)
+
+
 def hparams_record(hparams) -> dict:
     """The hparams as the run used them (file values plus the benchmark's overrides)."""
     fields = dict(vars(hparams))
-    fields["model_name"] = str(fields.get("model_name"))
+    for name in PATH_FIELDS:
+        if isinstance(fields.get(name), (str, Path)):
+            fields[name] = portable_path(fields[name])
     return json.loads(json.dumps(fields, default=_json_default))
 
 
@@ -88,7 +110,7 @@ def summarise(spec, scenario, data_set, args, result, peak, hparams, hparams_fil
         "edit_seconds_total": float(np.sum(edit_seconds)), "wall_seconds": seconds,
         **result.costs,
         "peak_mb": peak.get("block_peak_mb") or peak.get("getrusage_peak_mb"), "memory": peak,
-        "checkpoints": result.checkpoints, "hparams_file": str(hparams_file), "hparams": hparams_record(hparams),
+        "checkpoints": result.checkpoints, "hparams_file": portable_path(hparams_file), "hparams": hparams_record(hparams),
         "fluency_n": min(args.fluency_n, len(result.records)),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         # Records taken from an earlier, cut-off run's journal: wall_seconds includes theirs, peak memory not.
@@ -102,7 +124,7 @@ def open_journal(args, spec, data_set, scenario, hparams, out: Path):
     if scenario.kind != "single":
         return None
     header = {"method": spec.name, "set": data_set, "scenario": scenario.name, "n": args.n,
-              "data_dir": str(args.data_dir.resolve()), "fluency_n": args.fluency_n,
+              "data_dir": portable_path(args.data_dir.resolve()), "fluency_n": args.fluency_n,
               "hparams": hparams_record(hparams)}
     journal = Journal(journal_path(out), json.loads(json.dumps(header, default=_json_default)))
     if journal.discarded_reason:

@@ -1,4 +1,5 @@
-"""The benchmark's single-edit journal: a run cut off part-way resumes without redoing or losing records."""
+"""The benchmark runner's bookkeeping: the single-edit journal (a cut-off run resumes without redoing
+or losing records) and results that record no machine-specific paths."""
 
 import json
 import sys
@@ -13,6 +14,7 @@ from bench_journal import Journal, journal_path  # noqa: E402
 from bench_methods import METHODS  # noqa: E402
 from bench_report import load_runs, table_row  # noqa: E402
 from bench_scenarios import Host, run_single  # noqa: E402
+from bench_worker import REPO_ROOT, portable_path  # noqa: E402
 
 
 class Interrupted(Exception):
@@ -90,3 +92,13 @@ def test_report_shows_an_unfinished_run_as_partial(tmp_path):
     out.write_text(json.dumps({"status": "failed", "method": "ROME", "set": "zsre", "scenario": "single",
                                "n": 6, "error": "cut off"}))
     assert [r["status"] for r in load_runs(tmp_path)] == ["partial"]  # the journal says more than 'failed'
+
+
+@pytest.mark.parametrize("path,shown", [
+    (REPO_ROOT / "hparams" / "BaFT" / "smollm2-135m.yaml", "hparams/BaFT/smollm2-135m.yaml"),
+    (REPO_ROOT.parent / "shared" / "data", "../shared/data"),
+    (Path.home() / ".cache" / "model", "~/.cache/model"),
+    ("results/stats", "results/stats"),
+])
+def test_results_record_paths_relative_to_the_repository_or_home(path, shown):
+    assert portable_path(path) == shown
