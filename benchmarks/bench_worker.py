@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import traceback
 from pathlib import Path
@@ -79,14 +80,16 @@ def portable_path(value) -> str:
     path = Path(str(value)).expanduser()
     if not path.is_absolute():
         return str(value)
+    # As written and with links resolved: ../shared may itself be a link to elsewhere.
+    forms = {Path(os.path.abspath(path)), path.resolve()}
     for root, shown in ((REPO_ROOT, None), (REPO_ROOT.parent, ".."), (Path.home(), "~")):
         if root == Path(root.anchor):
             continue  # everything is under '/': that says nothing
-        try:
-            relative = path.resolve().relative_to(root.resolve())
-        except ValueError:
-            continue
-        return str(relative) if shown is None else str(Path(shown) / relative)
+        for form in forms:
+            for base in {Path(os.path.abspath(root)), root.resolve()}:
+                if form.is_relative_to(base):
+                    relative = form.relative_to(base)
+                    return str(relative) if shown is None else str(Path(shown) / relative)
     return str(value)
 
 
