@@ -119,25 +119,19 @@ def grace_adapters(model) -> List[torch.nn.Module]:
     return [m for m in model.modules() if type(m).__name__ == "GRACEAdapter"]
 
 
-def grace_codebook_elements(model) -> int:
+def grace_codebook_tensors(model) -> List[torch.Tensor]:
     """Keys, values and radii of every GRACE codebook in the model."""
-    total = 0
-    for adapter in grace_adapters(model):
-        for name in ("keys", "values", "epsilons"):
-            tensor = getattr(adapter, name, None)
-            if isinstance(tensor, torch.Tensor):
-                total += tensor.numel()
-    return total
+    tensors = [getattr(adapter, name, None) for adapter in grace_adapters(model)
+               for name in ("keys", "values", "epsilons")]
+    return [t for t in tensors if isinstance(t, torch.Tensor)]
+
+
+def grace_codebook_elements(model) -> int:
+    return sum(t.numel() for t in grace_codebook_tensors(model))
 
 
 def grace_codebook_bytes(model) -> int:
-    total = 0
-    for adapter in grace_adapters(model):
-        for name in ("keys", "values", "epsilons"):
-            tensor = getattr(adapter, name, None)
-            if isinstance(tensor, torch.Tensor):
-                total += tensor.numel() * tensor.element_size()
-    return total
+    return sum(t.numel() * t.element_size() for t in grace_codebook_tensors(model))
 
 
 def wise_side_memory(model) -> List[torch.Tensor]:
