@@ -28,6 +28,7 @@ from safetensors.torch import save as save_safetensors_bytes
 from . import layers as plumbing
 from .explain import Explanation, explain, render_heatmap
 from .hparams import BaFTHyperParams, HParamsError
+from .intervention import FROZEN_BUFFERS
 from .layers import NoEditsError
 from .trainer import build_interventions
 
@@ -295,12 +296,28 @@ def _check_tensor_shapes(expected: Dict[str, torch.Tensor], saved: Dict[str, tor
             )
 
 
+def _make_room_for_saved(module, layer: int, tensors: Dict[str, torch.Tensor]) -> None:
+    """Give a fresh intervention the frozen bases a grown one was saved with (grow_rank)."""
+    frozen = tensors.get(_tensor_name(layer, FROZEN_BUFFERS[0]))
+    block = tensors.get(_tensor_name(layer, "source.weight"))
+    if frozen is None or block is None or frozen.dim() != 2 or block.dim() != 2:
+        return  # nothing grown, or malformed: the name and shape checks report it
+    n_frozen, block_rank = frozen.shape[0], block.shape[0]
+    if n_frozen + block_rank > module.hidden_size:
+        raise ArtifactError(
+            f"{WEIGHTS_NAME}: layer {layer} holds {n_frozen} frozen and {block_rank} trainable bases, more "
+            f"than the hidden size {module.hidden_size}; {RESAVE_HINT}")
+    module.make_room(n_frozen, block_rank)
+
+
 def _rebuilt_interventions(model, hparams: BaFTHyperParams, tensors: Dict[str, torch.Tensor]) -> dict:
     """Fresh interventions of the saved shape, holding the saved tensors."""
     try:
         interventions = build_interventions(model, hparams)
     except ValueError as err:
         raise ArtifactError(f"{CONFIG_NAME}: the saved hparams do not fit this model: {err}") from err
+    for layer, module in interventions.items():
+        _make_room_for_saved(module, layer, tensors)
     expected = {_tensor_name(layer, key): tensor
                 for layer, module in interventions.items() for key, tensor in module.state_dict().items()}
     _check_tensor_names(expected, tensors)

@@ -55,6 +55,14 @@ def _fresh_interventions(model, hparams: BaFTHyperParams):
         return build_interventions(model, hparams)
 
 
+def _grow(state: plumbing.BaFTState, hparams: BaFTHyperParams) -> None:
+    """Freeze the bases earlier edits trained and give this edit hparams.grow_rank fresh ones."""
+    generator = torch.Generator().manual_seed(hparams.seed + state.edit_count)
+    with _GLOBAL_RNG_LOCK:
+        for module in state.interventions.values():
+            module.grow(hparams.grow_rank, generator)
+
+
 def _check_compatible(state: plumbing.BaFTState, hparams: BaFTHyperParams) -> None:
     for name in STRUCTURAL_FIELDS:
         before, now = state.hparams[name], getattr(hparams, name)
@@ -102,6 +110,8 @@ def apply_baft_to_model(
     undo = RestoreEdit(model, snapshot)
 
     try:
+        if hparams.grow_rank and state.edit_count > 0:
+            _grow(state, hparams)
         report = train_edit(model, tok, requests, hparams, state)
         # Bookkeeping stays inside the try: an interrupt here must not leave a half-recorded edit.
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")

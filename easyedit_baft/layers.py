@@ -90,15 +90,16 @@ class BaFTState:
     def snapshot(self) -> dict:
         """A deep copy of everything an edit may change, to undo it exactly."""
         return {
-            "interventions": {i: copy.deepcopy(m.state_dict()) for i, m in self.interventions.items()},
+            # Whole modules, not state_dicts: an edit may grow them (grow_rank), changing their shapes.
+            "interventions": {i: copy.deepcopy(m) for i, m in self.interventions.items()},
             "edit_log": copy.deepcopy(self.edit_log),
             "edit_count": self.edit_count,
             "replay_memory": list(self.replay_memory),
         }
 
     def restore(self, snap: dict) -> None:
-        for i, sd in snap["interventions"].items():
-            self.interventions[i].load_state_dict(sd)
+        for i, module in snap["interventions"].items():
+            self.interventions[i] = copy.deepcopy(module)
         self.edit_log = copy.deepcopy(snap["edit_log"])
         self.edit_count = snap["edit_count"]
         self.replay_memory = list(snap["replay_memory"])
@@ -111,13 +112,13 @@ class _InterventionHook:
     the model's state and interventions, so a copied model computes with its own edits.
     """
 
-    def __init__(self, state: BaFTState, module: BaFTIntervention):
-        self.state, self.module = state, module
+    def __init__(self, state: BaFTState, index: int):
+        self.state, self.index = state, index  # looked up at each call: undo may swap the module
 
     def __call__(self, _layer, _args, output):
         if not self.state.enabled:
             return output
-        return _replace_hidden(output, self.module(_hidden_of(output)))
+        return _replace_hidden(output, self.state.interventions[self.index](_hidden_of(output)))
 
 
 def get_state(model: nn.Module) -> Optional[BaFTState]:
@@ -133,7 +134,7 @@ def attach(model: nn.Module, interventions: Dict[int, BaFTIntervention], hparams
     for index, module in sorted(interventions.items()):
         module.to(layer_device(layers[index]))
         state.interventions[index] = module
-        state.hooks.append(layers[index].register_forward_hook(_InterventionHook(state, module)))
+        state.hooks.append(layers[index].register_forward_hook(_InterventionHook(state, index)))
     # A plain attribute, not a submodule: the model's state_dict and parameters stay as they were.
     model.__dict__[STATE_ATTR] = state
     return state

@@ -92,12 +92,15 @@ def _gate_peak(gates: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def _locality_penalty(module: plumbing.BaFTIntervention, states: torch.Tensor, mask: torch.Tensor,
                       rule: str) -> torch.Tensor:
-    """How much the intervention touches unrelated prompts (states: its inputs there, (B, T, d))."""
+    """How much the trainable bases touch unrelated prompts (states: the inputs there, (B, T, d)).
+
+    Frozen bases (after grow) are left out: this edit cannot change what they do.
+    """
     if rule == "gate_mean":
-        return _gate_mean(module.gates(states), mask).mean()
+        return _gate_mean(module.gates(states, trainable_only=True), mask).mean()
     # 'change_peak': the relative change of the hidden state at each prompt's worst position.
     # A gate alone can look small while large coordinates behind it still move the state.
-    relative = module.change(states).norm(dim=-1) / states.norm(dim=-1).clamp_min(1e-6)
+    relative = module.change(states, trainable_only=True).norm(dim=-1) / states.norm(dim=-1).clamp_min(1e-6)
     return _gate_peak(relative.unsqueeze(-1), mask).mean()
 
 

@@ -96,7 +96,7 @@ BAD_VALUES = [
     ("gate_init_std", -1), ("lambda_loc", -1), ("kl_weight", float("inf")), ("lambda_lb", "x"),
     ("locality_source", ""), ("n_locality_prompts", -1), ("n_subject_swaps", -1), ("n_subject_swaps", 1.5),
     ("n_context_prefixes", None),
-    ("replay_edits", -2), ("seed", -1), ("seed", 2**32), ("gate_input_norm", 1),
+    ("replay_edits", -2), ("grow_rank", -1), ("grow_rank", 2.0), ("seed", -1), ("seed", 2**32), ("gate_input_norm", 1),
 ]
 
 

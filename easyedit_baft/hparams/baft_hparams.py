@@ -91,6 +91,9 @@ class BaFTHyperParams(_HostHyperParams):
     # Continual editing: earlier edits replayed (from stored layer inputs) per new edit.
     replay_edits: int = 8
     early_stop_waits_for_replay: bool = False  # also wait until every replayed edit holds again
+    # Each edit after the first freezes every basis so far and trains this many new ones (0: all
+    # bases train at every edit). Protects earlier edits from being overwritten by later ones.
+    grow_rank: int = 0
 
     seed: int = 42
 
@@ -233,4 +236,5 @@ def validate(hp: BaFTHyperParams) -> None:
     _check_int(hp, "n_subject_swaps", 0)
     _check_int(hp, "n_context_prefixes", 0)
     _check_int(hp, "replay_edits", 0)
+    _check_int(hp, "grow_rank", 0)
     _check_int(hp, "seed", 0, 2**32 - 1)

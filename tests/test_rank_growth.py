@@ -1,0 +1,108 @@
+"""grow_rank: later edits train fresh bases, orthogonal to the frozen bases of earlier edits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tiny_models import REQUESTS, edit, hparams, logits, target_holds, tiny_llama
+from easyedit_baft import layers as plumbing
+from easyedit_baft.artifacts import load_edits, save_edits
+from easyedit_baft.intervention import FROZEN_BUFFERS, BaFTIntervention
+
+D, RANK = 16, 4
+
+
+def trained(module: BaFTIntervention, seed: int = 0) -> BaFTIntervention:
+    """Move the trainable block's W, b, U, c away from their identity init."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in (module.source.weight, module.source.bias, module.gate_proj.weight, module.gate_proj.bias):
+            p.copy_(torch.randn(p.shape, generator=g))
+    return module
+
+
+def test_grow_keeps_the_update_and_adds_trainable_bases_orthogonal_to_the_frozen_ones():
+    module = trained(BaFTIntervention(D, RANK))
+    h = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(1))
+    before, old_R = module(h), module.R.detach().clone()
+    module.grow(3, torch.Generator().manual_seed(2))
+    assert (module.rank, module.n_frozen, module.block_rank) == (RANK + 3, RANK, 3)
+    torch.testing.assert_close(module(h), before, rtol=0, atol=1e-5)  # the new block starts at zero
+    R = module.R.detach()
+    torch.testing.assert_close(R[:RANK], old_R)
+    torch.testing.assert_close(R @ R.T, torch.eye(RANK + 3), rtol=0, atol=1e-5)
+    assert module.gates(h).shape == (3, 5, RANK + 3)
+    assert module.num_parameters() == sum(p.numel() for p in module.parameters())
+
+
+def test_after_grow_only_the_new_block_receives_gradients():
+    module = trained(BaFTIntervention(D, RANK))
+    module.grow(2, torch.Generator().manual_seed(2))
+    trained(module, seed=3)  # the new block away from zero, so its gradient is not trivially small
+    frozen_before = {name: getattr(module, name).clone() for name in FROZEN_BUFFERS}
+    params = list(module.parameters())
+    optimizer = torch.optim.SGD(params, lr=0.5)
+    for _ in range(3):
+        loss = module(torch.randn(4, D)).pow(2).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+    for name, tensor in frozen_before.items():
+        assert torch.equal(getattr(module, name), tensor), name
+    R = module.R.detach()
+    torch.testing.assert_close(R @ R.T, torch.eye(RANK + 2), rtol=0, atol=1e-5)
+
+
+def test_growing_past_the_hidden_size_is_refused_naming_grow_rank():
+    module = BaFTIntervention(D, RANK)
+    with pytest.raises(ValueError, match="grow_rank=13"):
+        module.grow(D - RANK + 1)
+    assert module.rank == RANK
+
+
+def grown_hparams():
+    return hparams(grow_rank=2)
+
+
+def test_sequential_edits_with_growth_hold_and_leave_earlier_bases_untouched(tok):
+    model = tiny_llama()
+    hp = grown_hparams()
+    edit(model, tok, REQUESTS[0], hp)
+    first = {i: (m.R.detach().clone(), m.source.weight.detach().clone())
+             for i, m in plumbing.get_state(model).interventions.items()}
+    for request in REQUESTS[1:4]:
+        edit(model, tok, request, hp)
+    state = plumbing.get_state(model)
+    for i, module in state.interventions.items():
+        assert module.rank == hp.rank + 3 * hp.grow_rank
+        assert torch.equal(module.frozen_rotation[: hp.rank], first[i][0])
+        assert torch.equal(module.frozen_source_weight[: hp.rank], first[i][1])
+    assert all(target_holds(model, tok, r["prompt"], r["target_new"]) for r in REQUESTS[:4])
+
+
+def test_undoing_a_growing_edit_restores_the_smaller_interventions_exactly(tok):
+    model = tiny_llama()
+    hp = grown_hparams()
+    edit(model, tok, REQUESTS[0], hp)
+    before = logits(model, tok)
+    ranks = {i: m.rank for i, m in plumbing.get_state(model).interventions.items()}
+    _, undo = edit(model, tok, REQUESTS[1], hp, return_orig_weights=True)
+    assert not torch.equal(logits(model, tok), before)
+    undo()
+    assert {i: m.rank for i, m in plumbing.get_state(model).interventions.items()} == ranks
+    assert torch.equal(logits(model, tok), before)
+
+
+def test_grown_edits_survive_save_and_load_bit_identically(tok, tmp_path):
+    model = tiny_llama()
+    hp = grown_hparams()
+    for request in REQUESTS[:3]:
+        edit(model, tok, request, hp)
+    fresh = tiny_llama()
+    load_edits(fresh, save_edits(model, tmp_path / "edits"))
+    assert torch.equal(logits(fresh, tok), logits(model, tok))
+    edit(model, tok, REQUESTS[3], hp)
+    edit(fresh, tok, REQUESTS[3], hp)  # editing continues after loading, exactly as it would have
+    assert torch.equal(logits(fresh, tok), logits(model, tok))
