@@ -59,8 +59,15 @@ def _grow(state: plumbing.BaFTState, hparams: BaFTHyperParams) -> None:
     """Freeze the bases earlier edits trained and give this edit hparams.grow_rank fresh ones."""
     generator = torch.Generator().manual_seed(hparams.seed + state.edit_count)
     with _GLOBAL_RNG_LOCK:
-        for module in state.interventions.values():
-            module.grow(hparams.grow_rank, generator)
+        for index, module in sorted(state.interventions.items()):
+            if module.rank + hparams.grow_rank <= module.hidden_size:
+                module.grow(hparams.grow_rank, generator)
+            elif not getattr(module, "warned_full", False):
+                # No room for more orthogonal bases: from here on, edits retrain the newest block.
+                LOG.warning("BaFT: layer %d holds %d bases of %d dimensions; grow_rank=%d no longer fits, so "
+                            "this and later edits retrain the newest %d bases and may overwrite their edits",
+                            index, module.rank, module.hidden_size, hparams.grow_rank, module.block_rank)
+                module.warned_full = True
 
 
 def _check_compatible(state: plumbing.BaFTState, hparams: BaFTHyperParams) -> None:

@@ -106,3 +106,19 @@ def test_grown_edits_survive_save_and_load_bit_identically(tok, tmp_path):
     edit(model, tok, REQUESTS[3], hp)
     edit(fresh, tok, REQUESTS[3], hp)  # editing continues after loading, exactly as it would have
     assert torch.equal(logits(fresh, tok), logits(model, tok))
+
+
+def test_when_the_hidden_size_is_used_up_edits_retrain_the_newest_block_and_say_so(tok, caplog):
+    model = tiny_llama()  # hidden size 64
+    hp = hparams(layers=[2], rank=4, grow_rank=30)
+    for request in REQUESTS[:3]:
+        edit(model, tok, request, hp)
+    module = plumbing.get_state(model).interventions[2]
+    assert (module.rank, module.block_rank) == (64, 30)
+    frozen = module.frozen_rotation.clone()
+    with caplog.at_level("WARNING", logger="easyedit_baft.baft_main"):
+        edit(model, tok, REQUESTS[3], hp)
+    assert module is plumbing.get_state(model).interventions[2] and module.rank == 64
+    assert torch.equal(module.frozen_rotation, frozen)
+    assert "grow_rank=30 no longer fits" in caplog.text
+    assert target_holds(model, tok, REQUESTS[3]["prompt"], REQUESTS[3]["target_new"])
