@@ -5,21 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tiny_models import REQUESTS, edit, hparams, logits, tiny_gpt2, tiny_llama
+from tiny_models import REQUESTS, edit, hparams, logits, randomised, tiny_gpt2, tiny_llama
 from easyedit_baft import layers as plumbing
 from easyedit_baft.intervention import BaFTIntervention, loreft
 from easyedit_baft.trainer import build_interventions
 
 D, R_ = 16, 4
-
-
-def randomised(module: BaFTIntervention, seed: int = 0) -> BaFTIntervention:
-    """Move W, b, U, c away from their identity init, so the update is not trivially zero."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in (module.source.weight, module.source.bias, module.gate_proj.weight, module.gate_proj.bias):
-            p.copy_(torch.randn(p.shape, generator=g))
-    return module
 
 
 def hidden(*shape, seed: int = 1, dtype=torch.float32) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tiny_models import REQUESTS, edit, hparams, logits, target_holds, tiny_llama
+from tiny_models import REQUESTS, edit, hparams, logits, randomised, target_holds, tiny_llama
 from easyedit_baft import layers as plumbing
 from easyedit_baft.artifacts import load_edits, save_edits
 from easyedit_baft.intervention import FROZEN_BUFFERS, BaFTIntervention
@@ -13,17 +13,8 @@ from easyedit_baft.intervention import FROZEN_BUFFERS, BaFTIntervention
 D, RANK = 16, 4
 
 
-def trained(module: BaFTIntervention, seed: int = 0) -> BaFTIntervention:
-    """Move the trainable block's W, b, U, c away from their identity init."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in (module.source.weight, module.source.bias, module.gate_proj.weight, module.gate_proj.bias):
-            p.copy_(torch.randn(p.shape, generator=g))
-    return module
-
-
 def test_grow_keeps_the_update_and_adds_trainable_bases_orthogonal_to_the_frozen_ones():
-    module = trained(BaFTIntervention(D, RANK))
+    module = randomised(BaFTIntervention(D, RANK))
     h = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(1))
     before, old_R = module(h), module.R.detach().clone()
     module.grow(3, torch.Generator().manual_seed(2))
@@ -37,9 +28,9 @@ def test_grow_keeps_the_update_and_adds_trainable_bases_orthogonal_to_the_frozen
 
 
 def test_after_grow_only_the_new_block_receives_gradients():
-    module = trained(BaFTIntervention(D, RANK))
+    module = randomised(BaFTIntervention(D, RANK))
     module.grow(2, torch.Generator().manual_seed(2))
-    trained(module, seed=3)  # the new block away from zero, so its gradient is not trivially small
+    randomised(module, seed=3)  # the new block away from zero, so its gradient is not trivially small
     frozen_before = {name: getattr(module, name).clone() for name in FROZEN_BUFFERS}
     params = list(module.parameters())
     optimizer = torch.optim.SGD(params, lr=0.5)

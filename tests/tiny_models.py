@@ -56,6 +56,15 @@ def many_requests(n: int) -> list:
     return out
 
 
+def randomised(module, seed: int = 0):
+    """Move an intervention's trainable W, b, U, c away from their identity init (a nonzero update)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in (module.source.weight, module.source.bias, module.gate_proj.weight, module.gate_proj.bias):
+            p.copy_(torch.randn(p.shape, generator=g))
+    return module
+
+
 def make_tokenizer(normalizer=None):
     """A byte-level BPE without merges (one token per byte), wrapped as a HF fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
