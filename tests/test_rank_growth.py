@@ -113,3 +113,30 @@ def test_when_the_hidden_size_is_used_up_edits_retrain_the_newest_block_and_say_
     assert torch.equal(module.frozen_rotation, frozen)
     assert "grow_rank=30 no longer fits" in caplog.text
     assert target_holds(model, tok, REQUESTS[3]["prompt"], REQUESTS[3]["target_new"])
+
+
+def test_load_balancing_changes_nothing_on_a_first_edit_or_on_growing_edits(tok):
+    """Its incremental term weighs the gates by past usage: zero for a first edit's bases and for a
+    grown block's fresh ones. With one intervened layer (as shipped) the frozen gates see inputs no
+    training changes, so BaFT and BaFT without load balancing train identically there."""
+    results = []
+    for lambda_lb in (0.1, 0.0):
+        model = tiny_llama()
+        hp = hparams(layers=[2], grow_rank=2, lambda_lb=lambda_lb)
+        outputs = []
+        for request in REQUESTS[:3]:
+            edit(model, tok, request, hp)
+            outputs.append(logits(model, tok))
+        results.append(outputs)
+    assert not torch.equal(results[0][0], logits(tiny_llama(), tok))
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+def test_load_balancing_does_steer_sequential_edits_that_share_bases(tok):
+    results = []
+    for lambda_lb in (0.1, 0.0):
+        model = tiny_llama()
+        for request in REQUESTS[:2]:
+            edit(model, tok, request, hparams(layers=[2], lambda_lb=lambda_lb))
+        results.append(logits(model, tok))
+    assert not torch.equal(*results)
