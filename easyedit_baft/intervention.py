@@ -63,21 +63,23 @@ class BaFTIntervention(nn.Module):
 
     def _build_block(self, rank: int, complement: torch.Tensor | None, generator: torch.Generator | None) -> None:
         """A fresh trainable block of `rank` bases, inside the row space of `complement` (None: all of R^d)."""
-        inner = self.hidden_size if complement is None else complement.shape[0]
-        rotation = nn.Linear(inner, rank, bias=False)
-        nn.init.orthogonal_(rotation.weight, generator=generator)
-        # The parametrization keeps R's rows orthonormal through every optimiser step. It completes
-        # R to a square matrix with the global RNG, so seed that from `generator` and put it back.
+        # nn.Linear's default init and the parametrization draw from the global RNG: fork it, so that
+        # building (at the first edit, at grow, at load) neither depends on nor advances it.
         with torch.random.fork_rng(devices=[]):
+            inner = self.hidden_size if complement is None else complement.shape[0]
+            rotation = nn.Linear(inner, rank, bias=False)
+            nn.init.orthogonal_(rotation.weight, generator=generator)
+            # The parametrization keeps R's rows orthonormal through every optimiser step; it completes
+            # R to a square matrix with the global RNG, so seed that from `generator`.
             if generator is not None:
                 torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
             self.rotation = parametrizations.orthogonal(rotation)
+            self.source = nn.Linear(self.hidden_size, rank)  # W, b: the learned target coordinates
+            self.gate_proj = nn.Linear(self.hidden_size, rank)  # U, c: one gate per basis
         if complement is not None:
             # The block's R is Q @ complement: orthonormal rows, orthogonal to every frozen basis.
             self.register_buffer("complement", complement)
         self.block_rank = rank
-        self.source = nn.Linear(self.hidden_size, rank)  # W, b: the learned target coordinates
-        self.gate_proj = nn.Linear(self.hidden_size, rank)  # U, c: one gate per basis
         with torch.no_grad():
             # W = R and b = 0 make the update exactly zero: an untrained edit changes nothing.
             self.source.weight.copy_(self.block_R)
@@ -153,6 +155,8 @@ class BaFTIntervention(nn.Module):
                   complement: torch.Tensor | None = None) -> None:
         """Shape the module for n_frozen frozen bases and a fresh block (values are set by the caller)."""
         d = self.hidden_size
+        if generator is None:  # placeholder values (a load overwrites them); leave the global RNG alone
+            generator = torch.Generator().manual_seed(0)
         if complement is None:
             complement = torch.zeros(d - n_frozen, d)
         shapes = ((n_frozen, d), (n_frozen, d), (n_frozen,), (n_frozen, d), (n_frozen,))

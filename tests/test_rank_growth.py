@@ -140,3 +140,13 @@ def test_load_balancing_does_steer_sequential_edits_that_share_bases(tok):
             edit(model, tok, request, hparams(layers=[2], lambda_lb=lambda_lb))
         results.append(logits(model, tok))
     assert not torch.equal(*results)
+
+
+def test_growing_saving_and_loading_leave_the_global_random_state_alone(tok, tmp_path):
+    model, fresh = tiny_llama(), tiny_llama()
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    for request in REQUESTS[:2]:
+        edit(model, tok, request, grown_hparams())
+    load_edits(fresh, save_edits(model, tmp_path / "edits"))
+    assert torch.equal(torch.get_rng_state(), before)
