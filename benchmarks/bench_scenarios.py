@@ -18,6 +18,7 @@ from typing import Dict, List, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
+from bench_checkpoint import SequenceCheckpoint, as_bookkeeping
 from bench_journal import Journal, ordered
 from bench_methods import CostMeter, MethodSpec
 
@@ -61,6 +62,9 @@ class ScenarioResult:
     costs: dict = field(default_factory=dict)
     checkpoints: List[dict] = field(default_factory=list)  # sequential: scores after k edits
     requests: List[dict] = field(default_factory=list)  # the requests behind `records`, in order
+    resumed: int = 0  # edits (sequential) or records (single) taken from a cut-off run's progress
+    resumed_seconds: float = 0.0  # the wall time that cut-off run spent on them
+    seconds: float = 0.0  # sequential: wall time of the sequence so far, resumed part included
 
 
 # ---- evaluation ----------------------------------------------------------------------------
@@ -158,6 +162,7 @@ def run_single(host, editor, spec, requests, pres, fluency_n, journal: Optional[
     With a journal, records it already holds are taken from it and each new one is added to it.
     """
     journal = journal or Journal(None, {})
+    resumed = list(journal.entries.values())
     for i, (request, pre) in enumerate(tqdm(list(zip(requests, pres)), desc=f"{spec.name} single")):
         if i in journal.entries:
             continue
@@ -172,7 +177,8 @@ def run_single(host, editor, spec, requests, pres, fluency_n, journal: Optional[
                            "costs": costs, "seconds": time.perf_counter() - started})
     entries = ordered(journal.entries)
     return ScenarioResult(records=[e["scores"] for e in entries], edit_seconds=[e["edit_seconds"] for e in entries],
-                          n_edits=len(entries), costs=_merge_costs([e["costs"] for e in entries]))
+                          n_edits=len(entries), costs=_merge_costs([e["costs"] for e in entries]),
+                          resumed=len(resumed), resumed_seconds=sum(e["seconds"] for e in resumed))
 
 
 def run_batch(host, editor, spec, requests, pres, fluency_n, batch_size) -> ScenarioResult:
@@ -201,34 +207,67 @@ def checkpoint_steps(total: int, requested: List[int]) -> List[int]:
     return sorted({k for k in requested if 0 < k < total} | {total})
 
 
-def run_sequential(host, editor, spec, requests, pres, fluency_n, checkpoints) -> ScenarioResult:
-    """Requests edited one after another on the same model (nothing undone), scored at the checkpoints."""
-    result = ScenarioResult()
-    meter = CostMeter(spec)
+def _restore_progress(checkpoint: SequenceCheckpoint, editor, result: ScenarioResult, meter: CostMeter):
+    """Continue a cut-off sequence: its edited state onto the fresh model, its bookkeeping into result/meter."""
+    saved = checkpoint.restore(editor.model)
+    if saved is None:
+        return
+    result.n_edits, result.edit_seconds = saved["n_edits"], list(saved["edit_seconds"])
+    result.checkpoints = list(saved["checkpoints"])
+    result.resumed, result.resumed_seconds = saved["n_edits"], saved["seconds"]
+    meter.per_edit_params, meter.changed_names = list(saved["per_edit_params"]), set(saved["changed_names"])
+
+
+def run_sequential(host, editor, spec, requests, pres, fluency_n, checkpoints,
+                   checkpoint: Optional[SequenceCheckpoint] = None) -> ScenarioResult:
+    """Requests edited one after another on the same model (nothing undone), scored at the checkpoints.
+
+    With a checkpoint, progress is saved after every edit and a cut-off run continues from it.
+    """
+    checkpoint = checkpoint or SequenceCheckpoint(None, {}, spec.alg_name)
+    result, meter = ScenarioResult(), CostMeter(spec)
+    _restore_progress(checkpoint, editor, result, meter)
+    started = time.perf_counter()
+
+    def save(model, new_state):
+        result.seconds = result.resumed_seconds + time.perf_counter() - started
+        checkpoint.save(model, as_bookkeeping(result, meter), meter.changed_names, new_state)
+
     steps = checkpoint_steps(len(requests), checkpoints)
+
+    def score_if_due(model, k):
+        if k not in steps or any(c["edits"] == k for c in result.checkpoints):
+            return
+        final = k == len(requests)
+        metrics = _evaluate_all(host, editor, model, requests[:k], pres[:k], fluency_n if final else 0,
+                                desc=f"score {k} edits")
+        result.checkpoints.append({"edits": k, **mean_scores(metrics)})
+        if final:
+            result.records = metrics
+        else:
+            save(model, new_state=False)
+
     edited_model = editor.model
-    for k, request in enumerate(tqdm(requests, desc=f"{spec.name} seq{len(requests)}"), start=1):
-        edited_model, weights_copy, seconds = apply_edit(editor, [request])
+    score_if_due(edited_model, result.n_edits)  # a run may have been cut off between an edit and its scoring
+    for k in tqdm(range(result.n_edits + 1, len(requests) + 1), initial=result.n_edits, total=len(requests),
+                  desc=f"{spec.name} seq{len(requests)}"):
+        edited_model, weights_copy, seconds = apply_edit(editor, [requests[k - 1]])
         result.edit_seconds.append(seconds)
         meter.after_edit(_underlying_model(edited_model), weights_copy, 1)
         _keep_edited_model(editor, spec, edited_model)
-        result.n_edits += 1
-        if k in steps:
-            final = k == len(requests)
-            metrics = _evaluate_all(host, editor, edited_model, requests[:k], pres[:k],
-                                    fluency_n if final else 0, desc=f"score {k} edits")
-            result.checkpoints.append({"edits": k, **mean_scores(metrics)})
-            if final:
-                result.records = metrics
+        result.n_edits = k
+        save(edited_model, new_state=True)
+        score_if_due(edited_model, k)
     result.costs = meter.summary(_underlying_model(edited_model), result.n_edits)
     return result
 
 
 def run_scenario(host, editor, spec, scenario: Scenario, requests, pres, fluency_n, checkpoints,
-                 journal: Optional[Journal] = None) -> ScenarioResult:
+                 progress=None) -> ScenarioResult:
+    """progress: the single-edit Journal or the SequenceCheckpoint that lets a cut-off run resume."""
     if scenario.kind == "single":
-        return run_single(host, editor, spec, requests, pres, fluency_n, journal)
+        return run_single(host, editor, spec, requests, pres, fluency_n, progress)
     if scenario.kind == "batch":
         return run_batch(host, editor, spec, requests, pres, fluency_n, scenario.size)
     return run_sequential(host, editor, spec, requests[: scenario.size], pres[: scenario.size],
-                          fluency_n, checkpoints)
+                          fluency_n, checkpoints, progress)

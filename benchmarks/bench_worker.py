@@ -14,6 +14,7 @@ from bench_data import build_requests, training_loc_prompts
 from bench_host import import_host, metric_functions
 from bench_memory import PeakMemory
 from bench_methods import MethodSpec, load_hparams
+from bench_checkpoint import SequenceCheckpoint, checkpoint_dir
 from bench_journal import Journal, journal_path
 from bench_scenarios import Host, Scenario, mean_scores, pre_edit_metrics, run_scenario
 
@@ -102,7 +103,7 @@ def hparams_record(hparams) -> dict:
     return json.loads(json.dumps(fields, default=_json_default))
 
 
-def summarise(spec, scenario, data_set, args, result, peak, hparams, hparams_file, seconds, resumed) -> dict:
+def summarise(spec, scenario, data_set, args, result, peak, hparams, hparams_file, seconds) -> dict:
     scores = mean_scores(result.records)
     edit_seconds = result.edit_seconds
     return {
@@ -116,47 +117,55 @@ def summarise(spec, scenario, data_set, args, result, peak, hparams, hparams_fil
         "checkpoints": result.checkpoints, "hparams_file": portable_path(hparams_file), "hparams": hparams_record(hparams),
         "fluency_n": min(args.fluency_n, len(result.records)),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        # Records taken from an earlier, cut-off run's journal: wall_seconds includes theirs, peak memory not.
-        "resumed_records": resumed,
+        # Records or edits taken from an earlier, cut-off run: wall_seconds includes theirs, peak memory not.
+        "resumed_records": result.resumed,
         "records": [_slim_record(m, r) for m, r in zip(result.records, result.requests)],
     }
 
 
-def open_journal(args, spec, data_set, scenario, hparams, out: Path):
-    """Single edits resume from the journal of a cut-off run with the same method, data and hparams."""
-    if scenario.kind != "single":
+def open_progress(args, spec, data_set, scenario, hparams, out: Path):
+    """What lets a cut-off run resume: the single-edit journal, or a sequence's checkpoint (None for batches)."""
+    if scenario.kind == "batch":
         return None
     header = {"method": spec.name, "set": data_set, "scenario": scenario.name, "n": args.n,
               "data_dir": portable_path(args.data_dir.resolve()), "fluency_n": args.fluency_n,
               "hparams": hparams_record(hparams)}
-    journal = Journal(journal_path(out), json.loads(json.dumps(header, default=_json_default)))
-    if journal.discarded_reason:
-        print(f"[{spec.name}] {data_set} {scenario.name}: earlier journal discarded: {journal.discarded_reason}",
-              flush=True)
-    elif journal.entries:
-        print(f"[{spec.name}] {data_set} {scenario.name}: resuming after {len(journal.entries)} journalled records",
-              flush=True)
-    return journal
+    if scenario.kind == "seq":
+        header["checkpoints"] = list(args.checkpoints)
+    header = json.loads(json.dumps(header, default=_json_default))
+    where = f"[{spec.name}] {data_set} {scenario.name}"
+    if scenario.kind == "single":
+        progress = Journal(journal_path(out), header)
+        done = len(progress.entries)
+    else:
+        progress = SequenceCheckpoint(checkpoint_dir(out), header, spec.alg_name)
+        done = progress.progress["bookkeeping"]["n_edits"] if progress.progress else 0
+        if not progress.enabled:
+            print(f"{where}: {spec.alg_name} keeps its edits in a host wrapper; a cut-off run starts over",
+                  flush=True)
+    if progress.discarded_reason:
+        print(f"{where}: earlier progress discarded: {progress.discarded_reason}", flush=True)
+    elif done:
+        print(f"{where}: resuming after {done} finished edits", flush=True)
+    return progress
 
 
 def run_one(args, host, spec, hparams_file, stats_dir, data_set, scenario, requests, out: Path):
-    """Fresh model, pre-edit outputs, the scenario; returns the summary dict."""
+    """Fresh model, pre-edit outputs, the scenario; returns the summary dict and the run's progress."""
     started = time.time()
     batch_size = scenario.size if scenario.kind == "batch" else 1
     hparams = load_hparams(spec, hparams_file, args.model_dir, stats_dir, batch_size)
-    journal = open_journal(args, spec, data_set, scenario, hparams, out)
-    resumed = len(journal.entries) if journal else 0
-    earlier_seconds = sum(e["seconds"] for e in journal.entries.values()) if journal else 0.0
+    progress = open_progress(args, spec, data_set, scenario, hparams, out)
     with PeakMemory() as peak:
         editor = host.BaseEditor(hparams)
         pres = pre_edit(args, host, editor, spec, data_set, requests)
         result = run_scenario(host, editor, spec, scenario, requests, pres, args.fluency_n, args.checkpoints,
-                              journal)
+                              progress)
     result.requests = requests[: len(result.records)]
     del editor
     summary = summarise(spec, scenario, data_set, args, result, peak.report(), hparams, hparams_file,
-                        time.time() - started + earlier_seconds, resumed)
-    return summary, journal
+                        time.time() - started + result.resumed_seconds)
+    return summary, progress
 
 
 def _skip_reason(args, spec: MethodSpec, scenario: Scenario, n: int):
@@ -201,7 +210,7 @@ def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
                 continue
             print(f"[{spec.name}] {data_set} {name}: start {time.strftime('%H:%M:%S')}", flush=True)
             try:
-                summary, journal = run_one(args, host, spec, hparams_file, stats_dir, data_set, scenario,
+                summary, progress = run_one(args, host, spec, hparams_file, stats_dir, data_set, scenario,
                                            requests, out)
             except Exception as err:
                 traceback.print_exc()
@@ -210,8 +219,8 @@ def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
                                  "n": args.n, "error": f"{type(err).__name__}: {err}"})
                 continue
             write_json(out, summary)
-            if journal:
-                journal.done()
+            if progress:
+                progress.done()
             print(f"[{spec.name}] {data_set} {name}: rel={summary['rel']} gen={summary['gen']} "
                   f"loc={summary['loc']} port={summary['port']} s/edit={summary['seconds_per_edit']:.2f} "
                   f"wall={summary['wall_seconds']:.0f}s", flush=True)

@@ -1,5 +1,5 @@
-"""The benchmark runner's bookkeeping: the single-edit journal (a cut-off run resumes without redoing
-or losing records) and results that record no machine-specific paths."""
+"""The benchmark runner's bookkeeping: the single-edit journal and the sequence checkpoint (a cut-off
+run resumes without redoing or losing work) and results that record no machine-specific paths."""
 
 import json
 import sys
@@ -10,10 +10,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
+from bench_checkpoint import SequenceCheckpoint, checkpoint_dir  # noqa: E402
 from bench_journal import Journal, journal_path  # noqa: E402
 from bench_methods import METHODS  # noqa: E402
 from bench_report import load_runs, table_row  # noqa: E402
-from bench_scenarios import Host, run_single  # noqa: E402
+from bench_scenarios import Host, run_sequential, run_single  # noqa: E402
 from bench_worker import REPO_ROOT, portable_path  # noqa: E402
 
 
@@ -71,16 +72,6 @@ def test_cut_off_run_resumes_after_the_journalled_records(tmp_path):
     assert not path.exists()
 
 
-def test_journal_of_other_hparams_is_discarded_not_mixed_in(tmp_path):
-    path = journal_path(tmp_path / "ROME.json")
-    with pytest.raises(Interrupted):
-        run(path, FakeEditor(fail_at="p2"))
-    editor = FakeEditor()
-    journal, result = run(path, editor, header={**HEADER, "hparams": {"layers": [7]}})
-    assert journal.discarded_reason
-    assert editor.edited == [f"p{i}" for i in range(6)]
-
-
 def test_report_shows_an_unfinished_run_as_partial(tmp_path):
     out = tmp_path / "runs" / "n6" / "zsre" / "single" / "ROME.json"
     with pytest.raises(Interrupted):
@@ -92,6 +83,110 @@ def test_report_shows_an_unfinished_run_as_partial(tmp_path):
     out.write_text(json.dumps({"status": "failed", "method": "ROME", "set": "zsre", "scenario": "single",
                                "n": 6, "error": "cut off"}))
     assert [r["status"] for r in load_runs(tmp_path)] == ["partial"]  # the journal says more than 'failed'
+
+
+class FakeSequenceEditor(FakeEditor):
+    """'Edits' in place: each edit adds the request's score to weight[0, 0], so the order and count show."""
+
+    def __init__(self, fail_at=None):
+        super().__init__(fail_at)
+        with torch.no_grad():
+            self.model.weight.zero_()
+
+    def apply_algo(self, model, tok, requests, hparams, **kwargs):
+        model, weights_copy = super().apply_algo(model, tok, requests, hparams)
+        with torch.no_grad():
+            model.weight[0, 0] += requests[0]["score"]
+        return model, weights_copy
+
+
+def sequence_host(fail_when_scoring_at=None):
+    """Scores every request with the model's weight[0, 0]: the sum of all edits made so far."""
+    scored = []
+
+    def quality(model, name, hparams, tok, request, device, test_generation=False):
+        if request["prompt"] == fail_when_scoring_at and not scored:
+            scored.append(request["prompt"])
+            raise Interrupted("scoring")
+        return {"rewrite_acc": [float(model.weight[0, 0].detach())], "rephrase_acc": [1.0], "locality": {}, "portability": {}}
+
+    return Host(BaseEditor=None, compute_edit_quality=quality, finalize_locality_metrics=lambda *a: None,
+                restore_after_edit=lambda *a: None, prepare_requests=None)
+
+
+SEQ_HEADER = {**HEADER, "scenario": "seq6", "checkpoints": [2, 4]}
+
+
+def run_seq(directory, editor, host=None, header=SEQ_HEADER):
+    checkpoint = SequenceCheckpoint(directory, header, "ROME")
+    result = run_sequential(host or sequence_host(), editor, METHODS["ROME"], REQUESTS, [{}] * 6, 0, [2, 4],
+                            checkpoint)
+    return checkpoint, result
+
+
+def test_cut_off_sequence_resumes_from_its_last_edit_as_if_never_stopped(tmp_path):
+    _, whole = run_seq(None, FakeSequenceEditor())
+    directory = checkpoint_dir(tmp_path / "ROME.json")
+    with pytest.raises(Interrupted):
+        run_seq(directory, FakeSequenceEditor(fail_at="p3"))
+
+    editor = FakeSequenceEditor()  # a fresh model, as a new process loads it
+    checkpoint, resumed = run_seq(directory, editor)
+    assert editor.edited == ["p3", "p4", "p5"]  # nothing redone, nothing skipped
+    assert resumed.checkpoints == whole.checkpoints  # scored on the restored weights, not the fresh ones
+    assert [r["rel"] for r in resumed.records] == [r["rel"] for r in whole.records] == [1.5] * 6
+    assert resumed.n_edits == len(resumed.edit_seconds) == 6 and resumed.resumed == 3
+    assert resumed.costs["params_per_edit"] == whole.costs["params_per_edit"] == 4
+    checkpoint.done()
+    assert not directory.exists()
+
+
+def test_sequence_cut_off_while_scoring_scores_on_resume_without_editing_again(tmp_path):
+    directory = checkpoint_dir(tmp_path / "ROME.json")
+    with pytest.raises(Interrupted):
+        run_seq(directory, FakeSequenceEditor(), host=sequence_host(fail_when_scoring_at="p0"))
+    editor = FakeSequenceEditor()
+    _, resumed = run_seq(directory, editor)
+    assert editor.edited == ["p2", "p3", "p4", "p5"]
+    assert [c["edits"] for c in resumed.checkpoints] == [2, 4, 6]
+    assert resumed.checkpoints[0]["rel"] == pytest.approx(0.1)  # the model after p0 and p1 only
+
+
+@pytest.mark.parametrize("kind", ["single", "seq"])
+def test_progress_of_other_hparams_is_discarded_not_continued(tmp_path, kind):
+    # Resuming another configuration's progress would mix two different runs into one score.
+    if kind == "single":
+        where, runner, make_editor, header = journal_path(tmp_path / "ROME.json"), run, FakeEditor, HEADER
+    else:
+        where, runner, make_editor, header = checkpoint_dir(tmp_path / "ROME.json"), run_seq, FakeSequenceEditor, SEQ_HEADER
+    with pytest.raises(Interrupted):
+        runner(where, make_editor(fail_at="p3"))
+    editor = make_editor()
+    progress, result = runner(where, editor, header={**header, "hparams": {"layers": [7]}})
+    assert progress.discarded_reason
+    assert editor.edited == [f"p{i}" for i in range(6)] and result.resumed == 0
+
+
+def test_methods_without_a_saved_state_are_not_checkpointed(tmp_path):
+    directory = checkpoint_dir(tmp_path / "GRACE.json")
+    checkpoint = SequenceCheckpoint(directory, SEQ_HEADER, "GRACE")
+    assert not checkpoint.enabled
+    run_sequential(sequence_host(), FakeSequenceEditor(), METHODS["GRACE"], REQUESTS, [{}] * 6, 0, [2], checkpoint)
+    assert not directory.exists()
+
+
+def test_baft_sequence_checkpoint_restores_the_edits_exactly(tmp_path):
+    from tiny_models import REQUESTS as EDITS, edit, hparams, logits, make_tokenizer, tiny_llama
+
+    tok, model = make_tokenizer(), tiny_llama()
+    for request in EDITS[:2]:
+        edit(model, tok, request, hparams(grow_rank=2, n_steps=20))
+    checkpoint = SequenceCheckpoint(tmp_path / "BaFT.partial", SEQ_HEADER, "BaFT")
+    checkpoint.save(model, {"n_edits": 2}, set())
+    fresh = tiny_llama()
+    reopened = SequenceCheckpoint(tmp_path / "BaFT.partial", SEQ_HEADER, "BaFT")
+    assert reopened.restore(fresh) == {"n_edits": 2}
+    assert torch.equal(logits(fresh, tok), logits(model, tok))
 
 
 @pytest.mark.parametrize("path,shown", [
