@@ -99,9 +99,9 @@ class SequenceCheckpoint:
         self.directory, self.header, self.alg_name = directory, header, alg_name
         self.discarded_reason = None
         self.progress: Optional[dict] = None
-        if directory is None or not (directory / "progress.json").is_file():
+        progress = read_progress(directory) if directory is not None else None
+        if progress is None:
             return
-        progress = json.loads((directory / "progress.json").read_text())
         if progress.get("header") != header:
             # Progress of other hparams or data would mix two different runs into one score.
             self.discarded_reason = "its method, data or hparams differ from this run's"
@@ -148,6 +148,12 @@ class SequenceCheckpoint:
         """The full result is written: the checkpoint has served its purpose."""
         if self.directory is not None and self.directory.is_dir():
             shutil.rmtree(self.directory)
+
+
+def read_progress(directory: Path) -> Optional[dict]:
+    """A checkpoint's progress.json (header, bookkeeping), for the report; None if there is none."""
+    path = directory / "progress.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def checkpoint_dir(result_file: Path) -> Path:

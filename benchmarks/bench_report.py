@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from bench_checkpoint import checkpoint_dir, read_progress
 from bench_journal import journal_path, read_partial
 
 TABLE_COLUMNS = ["method", "rel", "gen", "loc", "port", "HM(rel,gen,loc)", "fluency", "s/edit",
@@ -49,22 +50,41 @@ def partial_run(path: Path) -> Optional[dict]:
             "seconds_per_edit": _mean([e["edit_seconds"] for e in entries]), "peak_mb": None}
 
 
+def partial_sequence(path: Path) -> Optional[dict]:
+    """A sequential run still under way (or cut off): the edits made so far and its scores at checkpoints."""
+    progress = read_progress(path)
+    if progress is None:
+        return None
+    header, made = progress["header"], progress["bookkeeping"]
+    return {"status": "partial", "method": header["method"], "set": header["set"], "scenario": header["scenario"],
+            "n": header["n"], "n_edits": made["n_edits"], "checkpoints": made["checkpoints"],
+            "seconds_per_edit": _mean(made["edit_seconds"])}
+
+
+def _partial_of(result_file: Path) -> Optional[dict]:
+    journal, checkpoint = journal_path(result_file), checkpoint_dir(result_file)
+    if journal.is_file():
+        return partial_run(journal)
+    return partial_sequence(checkpoint) if checkpoint.is_dir() else None
+
+
 def load_runs(results_dir: Path) -> List[dict]:
     """Every result under RESULTS/runs/n*/set/scenario/, whatever run wrote it (several N may coexist).
 
-    A run that has not finished is shown from its journal, as partial, unless a finished result exists.
+    A run that has not finished is shown from its journal or sequence checkpoint, as partial,
+    unless a finished result exists.
     """
     runs = []
     for path in sorted((results_dir / "runs").glob("n*/*/*/*.json")):
         run = json.loads(path.read_text())
         run.pop("records", None)  # per-request scores stay in runs/
-        partial = journal_path(path)
-        if run.get("status") != "ok" and partial.is_file():
-            run = partial_run(partial) or run
+        if run.get("status") != "ok":
+            run = _partial_of(path) or run
         runs.append(run)
-    for partial in sorted((results_dir / "runs").glob("n*/*/*/*.partial.jsonl")):
-        if not partial.with_name(partial.name.replace(".partial.jsonl", ".json")).is_file():
-            run = partial_run(partial)
+    for partial in sorted((results_dir / "runs").glob("n*/*/*/*.partial*")):
+        result_file = partial.with_name(partial.name.split(".partial")[0] + ".json")
+        if not result_file.is_file():
+            run = _partial_of(result_file)
             runs.extend([run] if run else [])
     for run in runs:
         if run.get("status") in ("ok", "partial"):
@@ -121,6 +141,11 @@ def table_row(run: dict) -> List[str]:
     if run.get("status") not in ("ok", "partial"):
         why = run.get("reason") or run.get("error") or run.get("status")
         return [run["method"], f"{run.get('status')}: {why}"[:200]] + [""] * (len(TABLE_COLUMNS) - 2)
+    if run["status"] == "partial" and "n_edits" in run:
+        scored = ", ".join(f"after {c['edits']}: {_pct(c['rel'])} / {_pct(c['gen'])} / {_pct(c['loc'])}"
+                           for c in run["checkpoints"])
+        text = f"partial: {run['n_edits']} of {run['scenario'][3:]} edits made; rel / gen / loc {scored or 'not yet scored'}"
+        return [run["method"], text] + [""] * (len(TABLE_COLUMNS) - 2)
     name = run["method"] if run["status"] == "ok" else f"{run['method']} (partial: {run['n_scored']}/{run['n']})"
     return [name, _pct(run["rel"]), _pct(run["gen"]), _pct(run["loc"]), _pct(run["port"]),
             _pct(run["hm"]), _num(run["fluency"]), _num(run["seconds_per_edit"]),
@@ -205,7 +230,9 @@ def curve_points(runs: List[dict], n: int, data_set: str, method: str) -> Dict[s
     """(number of edits, score) per score: single is 1 edit; seqT gives its checkpoints."""
     points = {key: [] for key, _ in PLOTTED_SCORES}
     for run in runs:
-        if (run["n"], run["set"], run["method"]) != (n, data_set, method) or run["status"] != "ok":
+        # A sequence still under way has real scores at the checkpoints it has passed.
+        usable = run["status"] == "ok" or (run["status"] == "partial" and "n_edits" in run)
+        if (run["n"], run["set"], run["method"]) != (n, data_set, method) or not usable:
             continue
         steps = [{"edits": 1, **run}] if run["scenario"] == "single" else run.get("checkpoints", [])
         for step in steps:

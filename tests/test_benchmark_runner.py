@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from bench_checkpoint import SequenceCheckpoint, checkpoint_dir  # noqa: E402
 from bench_journal import Journal, journal_path  # noqa: E402
 from bench_methods import METHODS  # noqa: E402
-from bench_report import load_runs, table_row  # noqa: E402
+from bench_report import curve_points, load_runs, table_row  # noqa: E402
 from bench_scenarios import Host, run_sequential, run_single  # noqa: E402
 from bench_worker import REPO_ROOT, portable_path  # noqa: E402
 
@@ -165,6 +165,19 @@ def test_progress_of_other_hparams_is_discarded_not_continued(tmp_path, kind):
     progress, result = runner(where, editor, header={**header, "hparams": {"layers": [7]}})
     assert progress.discarded_reason
     assert editor.edited == [f"p{i}" for i in range(6)] and result.resumed == 0
+
+
+def test_report_shows_an_unfinished_sequence_with_its_checkpoint_scores(tmp_path):
+    out = tmp_path / "runs" / "n6" / "zsre" / "seq6" / "ROME.json"
+    with pytest.raises(Interrupted):
+        run_seq(checkpoint_dir(out), FakeSequenceEditor(fail_at="p5"))
+    [partial] = load_runs(tmp_path)
+    assert (partial["status"], partial["n_edits"]) == ("partial", 5)
+    assert [c["edits"] for c in partial["checkpoints"]] == [2, 4]
+    assert table_row(partial)[1] == "partial: 5 of 6 edits made; rel / gen / loc after 2: 10.0 / 100.0 / n/a, " \
+                                    "after 4: 60.0 / 100.0 / n/a"
+    points = curve_points(load_runs(tmp_path), 6, "zsre", "ROME")["rel"]
+    assert [k for k, _ in points] == [2, 4] and [v for _, v in points] == pytest.approx([0.1, 0.6])
 
 
 def test_methods_without_a_saved_state_are_not_checkpointed(tmp_path):
