@@ -4,11 +4,11 @@ A sequence cannot be journalled record by record like single edits: edit k is ma
 the k-1 edits before it left it. So after every edit the model's edited state is saved with the
 run's bookkeeping, and a resumed run restores both on a fresh model before making edit k+1.
 
-What "the edited state" is depends on the method (MODEL_STATES): BaFT's saved interventions, or the
-weight tensors an in-place editor (ROME, MEMIT, FT) changed so far. ROME and MEMIT also sample
-context templates once, from the model as it is at their first edit; those are saved too, so a
-resumed run uses the same ones. Methods whose state lives in a host wrapper (GRACE, WISE, LoRA,
-AlphaEdit's projection cache) are not resumable: their sequential runs start over.
+What "the edited state" is depends on the method (MODEL_STATES): BaFT's saved interventions, the
+weight tensors an in-place editor (ROME, MEMIT, FT) changed so far, or GRACE's codebook. ROME and
+MEMIT also sample context templates once, from the model as it is at their first edit; those are
+saved too, so a resumed run uses the same ones. WISE, LoRA and AlphaEdit keep state in host objects
+this does not reach (side memories, PEFT wrappers, a projection cache): their sequences start over.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _save_baft(model, directory: Path, changed_names) -> None:
     save_edits(model, directory)
 
 
-def _restore_baft(model, directory: Path) -> None:
+def _restore_baft(model, directory: Path, hparams) -> None:
     from easyedit_baft.artifacts import load_edits
 
     load_edits(model, directory)
@@ -50,7 +50,7 @@ def _save_weights(model, directory: Path, changed_names) -> None:
               str(directory / "weights.safetensors"))
 
 
-def _restore_weights(model, directory: Path) -> None:
+def _restore_weights(model, directory: Path, hparams) -> None:
     from safetensors.torch import load_file
 
     params = dict(model.named_parameters())
@@ -63,12 +63,43 @@ def _restore_weights(model, directory: Path) -> None:
             params[name].copy_(value)
 
 
+# What a GRACE adapter learns and later edits and scoring read; the rest is rebuilt from hparams.
+GRACE_CODEBOOK_FIELDS = ("keys", "values", "epsilons", "key_labels", "edit_ids", "key_id", "edit_label",
+                         "edit_id", "chosen_key", "iter")
+
+
+def _grace_adapter(model):
+    adapters = [m for m in model.modules() if type(m).__name__ == "GRACEAdapter"]
+    if len(adapters) != 1:
+        raise ValueError(f"expected one GRACE adapter in the model, found {len(adapters)}")
+    return adapters[0]
+
+
+def _save_grace(model, directory: Path, changed_names) -> None:
+    adapter = _grace_adapter(model)
+    codebook = {name: getattr(adapter, name) for name in GRACE_CODEBOOK_FIELDS if hasattr(adapter, name)}
+    codebook = {name: value.detach() if isinstance(value, torch.Tensor) else value for name, value in codebook.items()}
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(codebook, directory / "codebook.pt")
+
+
+def _restore_grace(model, directory: Path, hparams) -> None:
+    from easyeditor.models.grace.GRACE import GRACE
+
+    GRACE(config=hparams, model=model, device=hparams.device)  # puts the (empty) adapter in its layer
+    adapter = _grace_adapter(model)
+    for name, value in torch.load(directory / "codebook.pt").items():
+        # values is trained at every edit: the host keeps it as a Parameter.
+        setattr(adapter, name, torch.nn.Parameter(value, requires_grad=True) if name == "values" else value)
+
+
 # alg_name -> (save, restore) of the model's edited state.
 MODEL_STATES = {
     "BaFT": (_save_baft, _restore_baft),
     "ROME": (_save_weights, _restore_weights),
     "MEMIT": (_save_weights, _restore_weights),
     "FT": (_save_weights, _restore_weights),
+    "GRACE": (_save_grace, _restore_grace),
 }
 
 
@@ -113,12 +144,12 @@ class SequenceCheckpoint:
     def enabled(self) -> bool:
         return self.directory is not None and resumable(self.alg_name)
 
-    def restore(self, model) -> Optional[dict]:
+    def restore(self, model, hparams) -> Optional[dict]:
         """Put the saved edited state onto a fresh `model`; returns the saved bookkeeping (None: start afresh)."""
         if self.progress is None or not self.enabled:
             return None
         restore = MODEL_STATES[self.alg_name][1]
-        restore(model, self.directory / self.progress["state"])
+        restore(model, self.directory / self.progress["state"], hparams)
         _set_template_cache(self.alg_name, self.progress.get("context_templates"))
         return self.progress["bookkeeping"]
 

@@ -209,7 +209,7 @@ def checkpoint_steps(total: int, requested: List[int]) -> List[int]:
 
 def _restore_progress(checkpoint: SequenceCheckpoint, editor, result: ScenarioResult, meter: CostMeter):
     """Continue a cut-off sequence: its edited state onto the fresh model, its bookkeeping into result/meter."""
-    saved = checkpoint.restore(editor.model)
+    saved = checkpoint.restore(editor.model, editor.hparams)
     if saved is None:
         return
     result.n_edits, result.edit_seconds = saved["n_edits"], list(saved["edit_seconds"])

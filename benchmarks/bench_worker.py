@@ -141,7 +141,7 @@ def open_progress(args, spec, data_set, scenario, hparams, out: Path):
         progress = SequenceCheckpoint(checkpoint_dir(out), header, spec.alg_name)
         done = progress.progress["bookkeeping"]["n_edits"] if progress.progress else 0
         if not progress.enabled:
-            print(f"{where}: {spec.alg_name} keeps its edits in a host wrapper; a cut-off run starts over",
+            print(f"{where}: {spec.alg_name}'s edited state is not saved between edits; a cut-off run starts over",
                   flush=True)
     if progress.discarded_reason:
         print(f"{where}: earlier progress discarded: {progress.discarded_reason}", flush=True)

@@ -181,10 +181,10 @@ def test_report_shows_an_unfinished_sequence_with_its_checkpoint_scores(tmp_path
 
 
 def test_methods_without_a_saved_state_are_not_checkpointed(tmp_path):
-    directory = checkpoint_dir(tmp_path / "GRACE.json")
-    checkpoint = SequenceCheckpoint(directory, SEQ_HEADER, "GRACE")
+    directory = checkpoint_dir(tmp_path / "WISE.json")
+    checkpoint = SequenceCheckpoint(directory, SEQ_HEADER, "WISE")
     assert not checkpoint.enabled
-    run_sequential(sequence_host(), FakeSequenceEditor(), METHODS["GRACE"], REQUESTS, [{}] * 6, 0, [2], checkpoint)
+    run_sequential(sequence_host(), FakeSequenceEditor(), METHODS["WISE"], REQUESTS, [{}] * 6, 0, [2], checkpoint)
     assert not directory.exists()
 
 
@@ -192,13 +192,14 @@ def test_baft_sequence_checkpoint_restores_the_edits_exactly(tmp_path):
     from tiny_models import REQUESTS as EDITS, edit, hparams, logits, make_tokenizer, tiny_llama
 
     tok, model = make_tokenizer(), tiny_llama()
+    hp = hparams(grow_rank=2, n_steps=20)
     for request in EDITS[:2]:
-        edit(model, tok, request, hparams(grow_rank=2, n_steps=20))
+        edit(model, tok, request, hp)
     checkpoint = SequenceCheckpoint(tmp_path / "BaFT.partial", SEQ_HEADER, "BaFT")
     checkpoint.save(model, {"n_edits": 2}, set())
     fresh = tiny_llama()
     reopened = SequenceCheckpoint(tmp_path / "BaFT.partial", SEQ_HEADER, "BaFT")
-    assert reopened.restore(fresh) == {"n_edits": 2}
+    assert reopened.restore(fresh, hp) == {"n_edits": 2}
     assert torch.equal(logits(fresh, tok), logits(model, tok))
 
 
