@@ -79,9 +79,12 @@ def load_hparams(spec: MethodSpec, path: Path, model_dir: str, stats_dir: Option
         hparams.batch_size = batch_size
     if stats_dir is not None and hasattr(hparams, "stats_dir"):
         hparams.stats_dir = str(stats_dir)
-    # AlphaEdit's cached projection: a relative path is read from the repository root, like stats_dir.
-    if isinstance(getattr(hparams, "P_loc", None), str) and not Path(hparams.P_loc).is_absolute():
-        hparams.P_loc = str(REPO_ROOT / hparams.P_loc)
+    # Relative paths in hparams files are read from the repository root, like stats_dir (the workers
+    # run in a scratch directory): AlphaEdit's cached projection, BaFT's unrelated-prompt file.
+    for name in ("P_loc", "locality_source"):
+        value = getattr(hparams, name, None)
+        if isinstance(value, str) and value != "builtin" and not Path(value).expanduser().is_absolute():
+            setattr(hparams, name, str(REPO_ROOT / value))
     return hparams
 
 

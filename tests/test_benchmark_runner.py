@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from bench_checkpoint import SequenceCheckpoint, checkpoint_dir  # noqa: E402
 from bench_journal import Journal, journal_path  # noqa: E402
-from bench_methods import METHODS  # noqa: E402
+from bench_methods import METHODS, load_hparams  # noqa: E402
 from bench_report import curve_points, load_runs, table_row  # noqa: E402
 from bench_scenarios import Host, run_sequential, run_single  # noqa: E402
 from bench_worker import REPO_ROOT, portable_path  # noqa: E402
@@ -211,3 +211,16 @@ def test_baft_sequence_checkpoint_restores_the_edits_exactly(tmp_path):
 ])
 def test_results_record_paths_relative_to_the_repository_or_home(path, shown):
     assert portable_path(path) == shown
+
+
+@pytest.mark.parametrize("source, resolved", [
+    ("../shared/data/zsre/zsre_mend_train-1k.json", str(REPO_ROOT / "../shared/data/zsre/zsre_mend_train-1k.json")),
+    ("builtin", "builtin"),
+    ("/abs/prompts.txt", "/abs/prompts.txt"),
+])
+def test_relative_locality_source_is_read_from_the_repository_root(tmp_path, source, resolved):
+    # Workers run in a scratch directory, so a path relative to the repository must not depend on it.
+    shipped = (REPO_ROOT / "hparams" / "BaFT" / "smollm2-135m.yaml").read_text()
+    path = tmp_path / "baft.yaml"
+    path.write_text(shipped.replace("locality_source: builtin", f"locality_source: {source}"))
+    assert load_hparams(METHODS["BaFT"], path, "model-dir", None).locality_source == resolved
