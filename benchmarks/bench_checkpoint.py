@@ -22,6 +22,8 @@ from typing import Dict, Optional
 
 import torch
 
+from bench_methods import grace_adapters
+
 # Host modules whose CONTEXT_TEMPLATES_CACHE steers later edits (sampled once, then reused).
 CONTEXT_TEMPLATE_MODULES = {
     "ROME": "easyeditor.models.rome.rome_main",
@@ -69,7 +71,7 @@ GRACE_CODEBOOK_FIELDS = ("keys", "values", "epsilons", "key_labels", "edit_ids",
 
 
 def _grace_adapter(model):
-    adapters = [m for m in model.modules() if type(m).__name__ == "GRACEAdapter"]
+    adapters = grace_adapters(model)
     if len(adapters) != 1:
         raise ValueError(f"expected one GRACE adapter in the model, found {len(adapters)}")
     return adapters[0]
