@@ -73,7 +73,7 @@ def _slim_record(scores: dict, request: dict) -> dict:
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PATH_FIELDS = ("model_name", "stats_dir", "locality_source")
+PATH_FIELDS = ("model_name", "stats_dir", "locality_source", "P_loc")
 
 
 def portable_path(value) -> str:
@@ -101,6 +101,39 @@ def hparams_record(hparams) -> dict:
         if isinstance(fields.get(name), (str, Path)):
             fields[name] = portable_path(fields[name])
     return json.loads(json.dumps(fields, default=_json_default))
+
+
+# Fields the benchmark sets itself (load_hparams), so a file's value there says nothing about a run.
+RUN_SET_FIELDS = ("model_name", "device", "batch_size", "stats_dir")
+
+
+def _same_value(recorded, value) -> bool:
+    # PyYAML reads '5e-1' as a string; the hparams classes hold the number it names.
+    if isinstance(value, str) and isinstance(recorded, (int, float)) and not isinstance(recorded, bool):
+        try:
+            return float(value) == recorded
+        except ValueError:
+            return False
+    return value == recorded
+
+
+def hparams_changes(spec: MethodSpec, hparams_file: Path, recorded: dict) -> list:
+    """'field: recorded -> file' for each field of hparams_file that a saved result was not made with."""
+    import yaml
+
+    values = dict(yaml.safe_load(hparams_file.read_text()) or {})
+    values.update(spec.baft_overrides)
+    changes = []
+    for name, value in values.items():
+        if name in RUN_SET_FIELDS or name not in recorded:
+            continue
+        if name in ("locality_source", "P_loc") and isinstance(value, str) and value != "builtin" \
+                and not Path(value).expanduser().is_absolute():
+            value = portable_path(REPO_ROOT / value)  # as load_hparams resolves it, and the record writes it
+        value = json.loads(json.dumps(value, default=_json_default))
+        if not _same_value(recorded[name], value):
+            changes.append(f"{name}: {recorded[name]!r} -> {value!r}")
+    return changes
 
 
 def summarise(spec, scenario, data_set, args, result, peak, hparams, hparams_file, seconds) -> dict:

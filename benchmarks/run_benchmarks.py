@@ -6,8 +6,8 @@
 Each method runs in its own worker process (so its peak memory is its own, and one method's
 failure leaves the others running). Every finished (method, data set, scenario) is written to
 RESULTS/runs/ at once: a run that is cut off keeps what finished, and running the same command
-again skips it (--force redoes it). The report (results.json, results.md, plots) is rebuilt
-after every method.
+again skips it, unless the method's hparams file has changed since (--force redoes it anyway).
+The report (results.json, results.md, plots) is rebuilt after every method.
 """
 
 from __future__ import annotations
@@ -123,7 +123,15 @@ def have_result(args, method: str, data_set: str, scenario: str) -> bool:
     if args.force or not path.is_file():
         return False
     saved = json.loads(path.read_text())
-    return saved.get("n") == args.n and saved.get("status") == "ok"
+    if saved.get("n") != args.n or saved.get("status") != "ok":
+        return False
+    from bench_worker import hparams_changes
+
+    # A result of other hparams would put an old config's numbers under the current one's name.
+    changes = hparams_changes(METHODS[method], hparams_path(args, method), saved.get("hparams", {}))
+    if changes:
+        print(f"[{method}] {data_set} {scenario}: redone, its hparams changed ({'; '.join(changes)})", flush=True)
+    return not changes
 
 
 # ---- worker: one method, every set and scenario ----------------------------------------------

@@ -2,6 +2,7 @@
 run resumes without redoing or losing work) and results that record no machine-specific paths."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from bench_journal import Journal, journal_path  # noqa: E402
 from bench_methods import METHODS, load_hparams  # noqa: E402
 from bench_report import curve_points, load_runs, table_row  # noqa: E402
 from bench_scenarios import Host, run_sequential, run_single  # noqa: E402
-from bench_worker import REPO_ROOT, portable_path  # noqa: E402
+from bench_worker import REPO_ROOT, hparams_changes, hparams_record, portable_path  # noqa: E402
 
 
 class Interrupted(Exception):
@@ -222,5 +223,22 @@ def test_relative_locality_source_is_read_from_the_repository_root(tmp_path, sou
     # Workers run in a scratch directory, so a path relative to the repository must not depend on it.
     shipped = (REPO_ROOT / "hparams" / "BaFT" / "smollm2-135m.yaml").read_text()
     path = tmp_path / "baft.yaml"
-    path.write_text(shipped.replace("locality_source: builtin", f"locality_source: {source}"))
+    path.write_text(re.sub(r"(?m)^locality_source: .*$", f"locality_source: {source}", shipped))
     assert load_hparams(METHODS["BaFT"], path, "model-dir", None).locality_source == resolved
+
+
+@pytest.mark.parametrize("method", ["BaFT", "ReFT"])
+def test_saved_result_is_redone_only_when_its_hparams_file_changed(tmp_path, method):
+    shipped = (REPO_ROOT / "hparams" / "BaFT" / "smollm2-135m.yaml").read_text()
+    path = tmp_path / "baft.yaml"
+    path.write_text(re.sub(r"(?m)^locality_source: .*$", "locality_source: ../shared/data/zsre/x.json", shipped))
+    recorded = hparams_record(load_hparams(METHODS[method], path, "model-dir", None))
+    assert hparams_changes(METHODS[method], path, recorded) == []
+    # The same value spelled as PyYAML reads it (a string) is no change.
+    path.write_text(path.read_text().replace("lr: 0.01", "lr: '1e-2'"))
+    assert hparams_changes(METHODS[method], path, recorded) == []
+    path.write_text(re.sub(r"(?m)^lambda_loc: .*$", "lambda_loc: 3.0", path.read_text()))
+    path.write_text(re.sub(r"(?m)^locality_source: .*$", "locality_source: builtin", path.read_text()))
+    changes = hparams_changes(METHODS[method], path, recorded)
+    assert [c.split(":")[0] for c in changes] == ["lambda_loc", "locality_source"]
+    assert "'../shared/data/zsre/x.json' -> 'builtin'" in changes[1]
