@@ -79,12 +79,11 @@ def load_hparams(spec: MethodSpec, path: Path, model_dir: str, stats_dir: Option
         hparams.batch_size = batch_size
     if stats_dir is not None and hasattr(hparams, "stats_dir"):
         hparams.stats_dir = str(stats_dir)
-    # Relative paths in hparams files are read from the repository root, like stats_dir (the workers
-    # run in a scratch directory): AlphaEdit's cached projection, BaFT's unrelated-prompt file.
-    for name in ("P_loc", "locality_source"):
-        value = getattr(hparams, name, None)
-        if isinstance(value, str) and value != "builtin" and not Path(value).expanduser().is_absolute():
-            setattr(hparams, name, str(REPO_ROOT / value))
+    # AlphaEdit's cached projection is read from the repository root, like stats_dir (the workers run
+    # in a scratch directory). BaFT reads a relative locality_source from its YAML file's folder.
+    value = getattr(hparams, "P_loc", None)
+    if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+        hparams.P_loc = str(REPO_ROOT / value)
     return hparams
 
 

@@ -127,9 +127,12 @@ def hparams_changes(spec: MethodSpec, hparams_file: Path, recorded: dict) -> lis
     for name, value in values.items():
         if name in RUN_SET_FIELDS or name not in recorded:
             continue
-        if name in ("locality_source", "P_loc") and isinstance(value, str) and value != "builtin" \
-                and not Path(value).expanduser().is_absolute():
-            value = portable_path(REPO_ROOT / value)  # as load_hparams resolves it, and the record writes it
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            # Relative paths as the run resolved them, and as its record writes them.
+            if name == "locality_source" and value != "builtin":
+                value = portable_path(os.path.abspath(hparams_file.parent / value))
+            elif name == "P_loc":
+                value = portable_path(REPO_ROOT / value)
         value = json.loads(json.dumps(value, default=_json_default))
         if not _same_value(recorded[name], value):
             changes.append(f"{name}: {recorded[name]!r} -> {value!r}")

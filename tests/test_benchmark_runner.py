@@ -215,16 +215,19 @@ def test_results_record_paths_relative_to_the_repository_or_home(path, shown):
 
 
 @pytest.mark.parametrize("source, resolved", [
-    ("../shared/data/zsre/zsre_mend_train-1k.json", str(REPO_ROOT / "../shared/data/zsre/zsre_mend_train-1k.json")),
+    ("../data/prompts.json", "data/prompts.json"),  # relative to the YAML's folder, tmp/configs
     ("builtin", "builtin"),
     ("/abs/prompts.txt", "/abs/prompts.txt"),
 ])
-def test_relative_locality_source_is_read_from_the_repository_root(tmp_path, source, resolved):
-    # Workers run in a scratch directory, so a path relative to the repository must not depend on it.
+def test_relative_locality_source_is_read_from_the_yaml_folder(tmp_path, monkeypatch, source, resolved):
+    # Workers run in a scratch directory, so a relative path must not depend on the working directory.
     shipped = (REPO_ROOT / "hparams" / "BaFT" / "smollm2-135m.yaml").read_text()
-    path = tmp_path / "baft.yaml"
+    path = tmp_path / "configs" / "baft.yaml"
+    path.parent.mkdir()
     path.write_text(re.sub(r"(?m)^locality_source: .*$", f"locality_source: {source}", shipped))
-    assert load_hparams(METHODS["BaFT"], path, "model-dir", None).locality_source == resolved
+    monkeypatch.chdir(tmp_path / "configs")
+    expected = str(tmp_path / resolved) if resolved == "data/prompts.json" else resolved
+    assert load_hparams(METHODS["BaFT"], path, "model-dir", None).locality_source == expected
 
 
 @pytest.mark.parametrize("method", ["BaFT", "ReFT"])
@@ -241,4 +244,4 @@ def test_saved_result_is_redone_only_when_its_hparams_file_changed(tmp_path, met
     path.write_text(re.sub(r"(?m)^locality_source: .*$", "locality_source: builtin", path.read_text()))
     changes = hparams_changes(METHODS[method], path, recorded)
     assert [c.split(":")[0] for c in changes] == ["lambda_loc", "locality_source"]
-    assert "'../shared/data/zsre/x.json' -> 'builtin'" in changes[1]
+    assert changes[1].endswith("x.json' -> 'builtin'")

@@ -33,6 +33,15 @@ def test_bare_name_gets_yaml_suffix_as_in_easyedit(tmp_path):
     assert BaFTHyperParams.from_hparams(str(tmp_path / "llama-7b")).rank == 6
 
 
+def test_relative_locality_source_is_read_from_the_files_folder_not_the_working_directory(tmp_path, monkeypatch):
+    config_dir = tmp_path / "hparams" / "BaFT"
+    config_dir.mkdir(parents=True)
+    write(config_dir / "baft.yaml", yaml.safe_dump({**CONFIG, "locality_source": "../../data/train.json"}))
+    monkeypatch.chdir(config_dir)
+    hp = BaFTHyperParams.from_hparams("baft.yaml")
+    assert hp.locality_source == str(tmp_path / "data" / "train.json")
+
+
 def test_to_dict_round_trips_through_from_dict():
     hp = BaFTHyperParams.from_dict({k: v for k, v in CONFIG.items()})
     assert BaFTHyperParams.from_dict(hp.to_dict()) == hp

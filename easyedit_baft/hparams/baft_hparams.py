@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional, Union
@@ -79,7 +80,8 @@ class BaFTHyperParams(_HostHyperParams):
     kl_weight: float = 0.0
     lambda_lb: float = 0.1  # incremental load balancing over bases
 
-    # Unrelated prompts for L_loc: 'builtin' (shipped with the package) or a file path.
+    # Unrelated prompts for L_loc: 'builtin' (shipped with the package) or a file path
+    # (in a YAML file, a relative path is read from that file's folder).
     locality_source: str = "builtin"
     n_locality_prompts: int = 32
     # Per request, its prompt with the subject swapped for this many other names, also held unchanged.
@@ -126,6 +128,10 @@ class BaFTHyperParams(_HostHyperParams):
                 f"alg_name={config.get('alg_name')!r} in {str(path)!r}; BaFTHyperParams loads "
                 f"only files with alg_name: {ALG_NAME}"
             )
+        source = config.get("locality_source")
+        if isinstance(source, str) and source != "builtin" and not Path(source).expanduser().is_absolute():
+            # Read from the file's folder, so the config works from any working directory.
+            config = {**config, "locality_source": os.path.abspath(path.parent / source)}
         return cls.from_dict(config)
 
     @classmethod
