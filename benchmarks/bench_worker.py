@@ -121,18 +121,19 @@ def hparams_changes(spec: MethodSpec, hparams_file: Path, recorded: dict) -> lis
     """'field: recorded -> file' for each field of hparams_file that a saved result was not made with."""
     import yaml
 
+    from easyedit_baft.hparams.baft_hparams import locality_source_from_file
+
     values = dict(yaml.safe_load(hparams_file.read_text()) or {})
     values.update(spec.baft_overrides)
     changes = []
     for name, value in values.items():
         if name in RUN_SET_FIELDS or name not in recorded:
             continue
-        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
-            # Relative paths as the run resolved them, and as its record writes them.
-            if name == "locality_source" and value != "builtin":
-                value = portable_path(os.path.abspath(hparams_file.parent / value))
-            elif name == "P_loc":
-                value = portable_path(REPO_ROOT / value)
+        # Relative paths as the run resolved them, and as its record writes them.
+        if name == "locality_source" and value != (resolved := locality_source_from_file(value, hparams_file)):
+            value = portable_path(resolved)
+        elif name == "P_loc" and isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            value = portable_path(REPO_ROOT / value)
         value = json.loads(json.dumps(value, default=_json_default))
         if not _same_value(recorded[name], value):
             changes.append(f"{name}: {recorded[name]!r} -> {value!r}")

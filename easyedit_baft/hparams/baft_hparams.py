@@ -34,6 +34,14 @@ GATE_MODES = ("learned", "ones")
 LOCALITY_PENALTIES = ("change_peak", "gate_mean")
 
 
+def locality_source_from_file(source, hparams_file: Union[str, Path]):
+    """locality_source as a YAML file names it: a relative path is read from that file's folder,
+    so the config works from any working directory."""
+    if isinstance(source, str) and source != "builtin" and not Path(source).expanduser().is_absolute():
+        return os.path.abspath(Path(hparams_file).parent / source)
+    return source
+
+
 class HParamsError(ValueError):
     """A hyper-parameter has a wrong type or value; the message says how to fix it."""
 
@@ -128,10 +136,8 @@ class BaFTHyperParams(_HostHyperParams):
                 f"alg_name={config.get('alg_name')!r} in {str(path)!r}; BaFTHyperParams loads "
                 f"only files with alg_name: {ALG_NAME}"
             )
-        source = config.get("locality_source")
-        if isinstance(source, str) and source != "builtin" and not Path(source).expanduser().is_absolute():
-            # Read from the file's folder, so the config works from any working directory.
-            config = {**config, "locality_source": os.path.abspath(path.parent / source)}
+        if "locality_source" in config:
+            config = {**config, "locality_source": locality_source_from_file(config["locality_source"], path)}
         return cls.from_dict(config)
 
     @classmethod
