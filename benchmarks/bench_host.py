@@ -61,6 +61,19 @@ def _tolerate_missing_punkt() -> None:
     nltk.word_tokenize = word_tokenize
 
 
+def generate_full_length(model) -> None:
+    """Make generate() always produce max_new_tokens, so the host's generated-token scoring cannot crash.
+
+    The host scores GRACE by generating len(target) tokens and comparing them with the target's; when
+    the model emits EOS first, the shapes differ and numpy raises (ZsRE record 67 with SmolLM2). Without
+    an EOS stop the EOS token is kept in the output and simply counts as a wrong token.
+    """
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        raise HostError(f"{type(model).__name__} has no generation_config; cannot turn off its EOS stop")
+    config.eos_token_id = None
+
+
 def metric_functions():
     """The host's evaluation, request builder and restore, so every definition stays EasyEdit's."""
     from easyeditor.editors.editor import BaseEditor, finalize_locality_metrics

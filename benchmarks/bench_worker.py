@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from bench_data import build_requests, training_loc_prompts
-from bench_host import import_host, metric_functions
+from bench_host import generate_full_length, import_host, metric_functions
 from bench_memory import PeakMemory
 from bench_methods import MethodSpec, load_hparams
 from bench_checkpoint import SequenceCheckpoint, checkpoint_dir
@@ -195,6 +195,8 @@ def run_one(args, host, spec, hparams_file, stats_dir, data_set, scenario, reque
     progress = open_progress(args, spec, data_set, scenario, hparams, out)
     with PeakMemory() as peak:
         editor = host.BaseEditor(hparams)
+        if spec.alg_name == "GRACE":  # the host scores GRACE by generating len(target) tokens
+            generate_full_length(editor.model)
         pres = pre_edit(args, host, editor, spec, data_set, requests)
         result = run_scenario(host, editor, spec, scenario, requests, pres, args.fluency_n, args.checkpoints,
                               progress)

@@ -245,3 +245,18 @@ def test_saved_result_is_redone_only_when_its_hparams_file_changed(tmp_path, met
     changes = hparams_changes(METHODS[method], path, recorded)
     assert [c.split(":")[0] for c in changes] == ["lambda_loc", "locality_source"]
     assert changes[1].endswith("x.json' -> 'builtin'")
+
+
+def test_generation_for_grace_scoring_runs_to_full_length():
+    from bench_host import generate_full_length
+    from tiny_models import tiny_llama
+
+    model = tiny_llama()
+    prompt = torch.tensor([[5, 6, 7]])
+    first = model.generate(prompt, max_new_tokens=1, do_sample=False)[0, -1].item()
+    # The token it would emit first is its EOS: generation stops after one token, shorter than asked.
+    model.generation_config.eos_token_id = first
+    kwargs = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, use_cache=False)
+    assert model.generate(prompt, **kwargs).shape[1] == 4
+    generate_full_length(model)
+    assert model.generate(prompt, **kwargs).shape[1] == 3 + 6
