@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from bench_checkpoint import SequenceCheckpoint, as_bookkeeping
 from bench_journal import Journal, ordered
-from bench_methods import CostMeter, MethodSpec
+from bench_methods import CostMeter, MethodSpec, grace_adapters
 
 SCENARIO_PATTERN = re.compile(r"^(single|batch(\d+)|seq(\d+))$")
 
@@ -202,6 +202,19 @@ def run_batch(host, editor, spec, requests, pres, fluency_n, batch_size) -> Scen
     return result
 
 
+def model_as_host_returns(editor, spec: MethodSpec):
+    """The edited model in the form the host's edit call returns it, for a sequence resumed from disk.
+
+    A restored GRACE codebook sits in the bare model; the host scores GRACE through its wrapper, whose
+    generate() re-reads the key at each prompt's last token (the bare model would keep a stale one).
+    """
+    if spec.alg_name == "GRACE" and grace_adapters(editor.model):
+        from easyeditor.models.grace.GRACE import GRACE
+
+        return GRACE(config=editor.hparams, model=editor.model, device=editor.hparams.device)
+    return editor.model
+
+
 def checkpoint_steps(total: int, requested: List[int]) -> List[int]:
     """Sequence lengths at which all edits so far are scored (the last one always included)."""
     return sorted({k for k in requested if 0 < k < total} | {total})
@@ -247,7 +260,7 @@ def run_sequential(host, editor, spec, requests, pres, fluency_n, checkpoints,
         else:
             save(model, new_state=False)
 
-    edited_model = editor.model
+    edited_model = model_as_host_returns(editor, spec)
     score_if_due(edited_model, result.n_edits)  # a run may have been cut off between an edit and its scoring
     for k in tqdm(range(result.n_edits + 1, len(requests) + 1), initial=result.n_edits, total=len(requests),
                   desc=f"{spec.name} seq{len(requests)}"):

@@ -12,7 +12,8 @@ from host_testing import EXAMPLES, REPO_ROOT
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 from bench_checkpoint import SequenceCheckpoint  # noqa: E402
-from bench_scenarios import apply_edit  # noqa: E402
+from bench_methods import METHODS  # noqa: E402
+from bench_scenarios import apply_edit, model_as_host_returns  # noqa: E402
 
 
 def _grace_editor(model_path):
@@ -60,3 +61,11 @@ def test_grace_sequence_resumes_from_its_saved_codebook(model_path, zsre_records
     _edit(running, requests[2])
     _edit(resumed, requests[2])  # editing goes on from the restored codebook as from the original
     assert torch.equal(_logits_on(resumed, edited_prompts), _logits_on(running, edited_prompts))
+
+    # A resumed sequence is scored through GRACE's wrapper, whose generate() keys on each prompt's last token.
+    scored = model_as_host_returns(resumed, METHODS["GRACE"])
+    adapter = next(m for m in resumed.model.modules() if type(m).__name__ == "GRACEAdapter")
+    adapter.key_id = 0  # stale, as the bare model would keep it from an earlier prompt
+    tokens = resumed.tok(edited_prompts[0], return_tensors="pt")
+    scored.generate(**tokens, max_new_tokens=1, do_sample=False, pad_token_id=resumed.tok.eos_token_id)
+    assert adapter.key_id == tokens["input_ids"].shape[1] - 1
