@@ -70,8 +70,42 @@ class ScenarioResult:
 # ---- evaluation ----------------------------------------------------------------------------
 
 
+def spelled_as_generated(tok, prompt: str, target: str) -> str:
+    """`target` spelled so that tok.encode() gives the tokens that follow `prompt` in `prompt target`.
+
+    The host scores GRACE by comparing tok.encode(target) with the tokens generated after the prompt.
+    With a byte-level BPE (SmolLM2, GPT-2) a word after a prompt is the token ' word', not 'word', so a
+    correct edit would score 0; a SentencePiece tokenizer (LLaMA-2) spells both alike and gets `target`
+    back. Where the prompt's tokens change when the target is appended, `target` is kept as it is.
+    """
+    if not isinstance(target, str):
+        return target
+    prompt_ids = tok.encode(prompt, add_special_tokens=False)
+    joined = tok.encode(f"{prompt} {target}", add_special_tokens=False)
+    following = joined[len(prompt_ids):]
+    if joined[: len(prompt_ids)] != prompt_ids:
+        return target
+    spelled = tok.decode(following)
+    return spelled if tok.encode(spelled, add_special_tokens=False) == following else target
+
+
+def generation_scored_request(tok, request: dict) -> dict:
+    """A copy of `request` whose target and portability answers are spelled as generated after their prompts."""
+    request = copy.deepcopy(request)
+    request["target_new"] = spelled_as_generated(tok, request["prompt"], request["target_new"])
+    for hop in (request.get("portability") or {}).values():
+        prompts, answers = hop["prompt"], hop["ground_truth"]
+        if isinstance(prompts, str):
+            hop["ground_truth"] = spelled_as_generated(tok, prompts, answers)
+        else:
+            hop["ground_truth"] = [spelled_as_generated(tok, p, a) for p, a in zip(prompts, answers)]
+    return request
+
+
 def evaluate(host: Host, editor, model, request: dict, pre: dict, fluency: bool) -> dict:
     """Scores of one request on `model` (the host's metrics, locality scored against `pre`)."""
+    if editor.hparams.alg_name == "GRACE":  # scored by generation: see spelled_as_generated
+        request = generation_scored_request(editor.tok, request)
     post = host.compute_edit_quality(
         model, editor.model_name, editor.hparams, editor.tok, request, editor.hparams.device,
         test_generation=fluency,

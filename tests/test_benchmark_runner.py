@@ -260,3 +260,19 @@ def test_generation_for_grace_scoring_runs_to_full_length():
     assert model.generate(prompt, **kwargs).shape[1] == 4
     generate_full_length(model)
     assert model.generate(prompt, **kwargs).shape[1] == 3 + 6
+
+
+def test_generation_scored_targets_are_spelled_as_the_tokens_after_the_prompt():
+    from bench_scenarios import generation_scored_request
+    from tiny_models import make_tokenizer
+
+    tok = make_tokenizer()
+    request = {"prompt": "The capital of France is", "target_new": "Rome", "rephrase_prompt": "France's capital:",
+               "portability": {"one_hop": {"prompt": ["Rome is in"], "ground_truth": ["Italy"]}}}
+    scored = generation_scored_request(tok, request)
+    after_prompt = tok.encode("The capital of France is Rome", add_special_tokens=False)[
+        len(tok.encode("The capital of France is", add_special_tokens=False)):]
+    assert tok.encode(scored["target_new"], add_special_tokens=False) == after_prompt
+    assert tok.encode(scored["target_new"], add_special_tokens=False) != tok.encode("Rome", add_special_tokens=False)
+    assert scored["portability"]["one_hop"]["ground_truth"] == [" Italy"]
+    assert request["target_new"] == "Rome"  # the request itself is left as it was
