@@ -29,7 +29,7 @@ class FakeEditor:
     def __init__(self, fail_at=None):
         self.model = torch.nn.Linear(2, 2)
         self.model_name, self.tok = "fake", None
-        self.hparams = type("HP", (), {"device": "cpu"})()
+        self.hparams = type("HP", (), {"device": "cpu", "alg_name": "FAKE"})()
         self.edited, self.fail_at = [], fail_at
 
     def apply_algo(self, model, tok, requests, hparams, **kwargs):
