@@ -75,16 +75,16 @@ def spelled_as_generated(tok, prompt: str, target: str) -> str:
 
     The host scores GRACE by comparing tok.encode(target) with the tokens generated after the prompt.
     With a byte-level BPE (SmolLM2, GPT-2) a word after a prompt is the token ' word', not 'word', so a
-    correct edit would score 0; a SentencePiece tokenizer (LLaMA-2) spells both alike and gets `target`
-    back. Where the prompt's tokens change when the target is appended, `target` is kept as it is.
+    correct edit would score 0. Where both spellings give the same tokens the decoded string encodes
+    like `target`; where the prompt's tokens change when the target is appended, `target` is kept.
     """
     if not isinstance(target, str):
         return target
     prompt_ids = tok.encode(prompt, add_special_tokens=False)
     joined = tok.encode(f"{prompt} {target}", add_special_tokens=False)
-    following = joined[len(prompt_ids):]
     if joined[: len(prompt_ids)] != prompt_ids:
         return target
+    following = joined[len(prompt_ids):]
     spelled = tok.decode(following)
     return spelled if tok.encode(spelled, add_special_tokens=False) == following else target
 
