@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from bench_checkpoint import SequenceCheckpoint, as_bookkeeping
 from bench_journal import Journal, ordered
+from bench_host import scored_by_generation
 from bench_methods import CostMeter, MethodSpec, grace_adapters
 
 SCENARIO_PATTERN = re.compile(r"^(single|batch(\d+)|seq(\d+))$")
@@ -104,7 +105,7 @@ def generation_scored_request(tok, request: dict) -> dict:
 
 def evaluate(host: Host, editor, model, request: dict, pre: dict, fluency: bool) -> dict:
     """Scores of one request on `model` (the host's metrics, locality scored against `pre`)."""
-    if editor.hparams.alg_name == "GRACE":  # scored by generation: see spelled_as_generated
+    if scored_by_generation(editor.hparams.alg_name):  # see spelled_as_generated
         request = generation_scored_request(editor.tok, request)
     post = host.compute_edit_quality(
         model, editor.model_name, editor.hparams, editor.tok, request, editor.hparams.device,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from bench_data import build_requests, training_loc_prompts
-from bench_host import generate_full_length, import_host, metric_functions
+from bench_host import generate_full_length, import_host, metric_functions, scored_by_generation
 from bench_memory import PeakMemory
 from bench_methods import MethodSpec, load_hparams
 from bench_checkpoint import SequenceCheckpoint, checkpoint_dir
@@ -49,8 +49,8 @@ def resolve_stats_dir(args, hparams_file: Path):
 
 
 def _pre_cache_path(args, data_set: str, alg_name: str) -> Path:
-    # GRACE's evaluation generates instead of teacher forcing, so its pre-edit outputs differ.
-    mode = "generate" if alg_name == "GRACE" else "teacher"
+    # A method scored by generation has other pre-edit outputs than the teacher-forced ones.
+    mode = "generate" if scored_by_generation(alg_name) else "teacher"
     tag = Path(str(args.model)).name
     return args.results_dir / "pre_cache" / f"{tag}__{data_set}__n{args.n}__{mode}.json"
 
@@ -195,7 +195,7 @@ def run_one(args, host, spec, hparams_file, stats_dir, data_set, scenario, reque
     progress = open_progress(args, spec, data_set, scenario, hparams, out)
     with PeakMemory() as peak:
         editor = host.BaseEditor(hparams)
-        if spec.alg_name == "GRACE":  # the host scores GRACE by generating len(target) tokens
+        if scored_by_generation(spec.alg_name):  # the host generates len(target) tokens to score
             generate_full_length(editor.model)
         pres = pre_edit(args, host, editor, spec, data_set, requests)
         result = run_scenario(host, editor, spec, scenario, requests, pres, args.fluency_n, args.checkpoints,
