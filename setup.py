@@ -8,8 +8,11 @@ setup(
     description="BaFT (basis-level representation fine-tuning) as a knowledge-editing method for EasyEdit",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["easyedit_baft", "easyedit_baft.*"]),
-    package_data={"easyedit_baft": ["data/*.txt"]},
+    # hparams/BaFT stays the one copy of the configs (the path the docs name); wheels carry it as
+    # easyedit_baft/configs, so an installed package finds its default config (easyedit_baft.configs).
+    packages=find_packages(include=["easyedit_baft", "easyedit_baft.*"]) + ["easyedit_baft.configs"],
+    package_dir={"easyedit_baft.configs": "hparams/BaFT"},
+    package_data={"easyedit_baft": ["data/*.txt", "data/*.json", "data/*.md"], "easyedit_baft.configs": ["*.yaml"]},
     python_requires=">=3.9",
     install_requires=[
         "torch>=2.1",

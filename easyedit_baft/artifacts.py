@@ -5,9 +5,11 @@ A saved edit is a directory of two files:
     edits.safetensors   every intervention's tensors, named layers.{i}.{state_dict key}
                         (the orthogonal parametrization's stored tensors and basis_usage included)
     edit_config.json    format version, the base model's identity, the BaFT hparams, the edit
-                        log, edit_count, the replay memory, and the sha256 of edits.safetensors
+                        log, edit_count, the replay memory, the sha256 of edits.safetensors, and
+                        config_sha256: the sha256 of every other field of this file
 
-Loading reads only safetensors and JSON, so it never executes code from the artifact.
+Loading reads only safetensors and JSON, so it never executes code from the artifact, and it
+refuses an artifact in which any field or tensor was changed after saving.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import stat
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Union
+from typing import Dict, List, Optional, Union
 
 import torch
 from safetensors import SafetensorError
@@ -30,6 +34,7 @@ from .explain import Explanation, explain, render_heatmap
 from .hparams import BaFTHyperParams, HParamsError
 from .intervention import FROZEN_BUFFERS
 from .layers import NoEditsError
+from .prompt_sources import recorded_locality_source
 from .trainer import build_interventions
 
 __all__ = [
@@ -42,13 +47,16 @@ __all__ = [
     "explain",
     "render_heatmap",
     "base_model_fingerprint",
+    "read_artifact",
+    "SavedEdits",
     "FORMAT_VERSION",
     "WEIGHTS_NAME",
     "CONFIG_NAME",
 ]
 
 FORMAT_NAME = "easyedit-baft-edits"
-FORMAT_VERSION = 1
+# 2: config_sha256 covers the whole config, not only the tensor file.
+FORMAT_VERSION = 2
 WEIGHTS_NAME = "edits.safetensors"
 CONFIG_NAME = "edit_config.json"
 EDIT_METHOD = "BaFT"
@@ -88,8 +96,8 @@ def base_model_fingerprint(model) -> str:
 
 
 def _base_model_name(model, state: plumbing.BaFTState) -> str:
-    """The name the edits were made with; the hparams' model_name first, as it is the user's own."""
-    for name in (state.hparams.get("model_name"), getattr(model.config, "_name_or_path", "")):
+    """The model that was edited: the path it was loaded from first, the hparams' model_name after."""
+    for name in (getattr(model.config, "_name_or_path", ""), state.hparams.get("model_name")):
         if isinstance(name, str) and name:
             return name
     return type(model).__name__
@@ -121,16 +129,36 @@ def _tensors_of(state: plumbing.BaFTState) -> Dict[str, torch.Tensor]:
     }
 
 
-def _edit_config(model, state: plumbing.BaFTState, weights_sha256: str) -> dict:
-    return {
+def _non_finite_tensor(tensors: Dict[str, torch.Tensor]) -> Optional[str]:
+    """The name of the first tensor holding NaN or an infinity, or None."""
+    for name, tensor in sorted(tensors.items()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+CHECKSUM_FIELD = "config_sha256"
+
+
+def config_checksum(config: dict) -> str:
+    """sha256 of every field but config_sha256 itself, as canonical JSON (key order and spacing do not count)."""
+    fields = {key: value for key, value in config.items() if key != CHECKSUM_FIELD}
+    canonical = json.dumps(fields, sort_keys=True, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _edit_config(model, state: plumbing.BaFTState, weights_sha256: str, base_model_name: Optional[str]) -> dict:
+    hparams = dict(state.hparams)
+    hparams["locality_source"] = recorded_locality_source(hparams.get("locality_source"))
+    config = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "edit_method": EDIT_METHOD,
-        "base_model_name_or_path": _base_model_name(model, state),
+        "base_model_name_or_path": base_model_name or _base_model_name(model, state),
         "base_model": _base_model_identity(model),
         "layers_to_transform": sorted(state.interventions),
         "r": next(iter(state.interventions.values())).rank,
-        "hparams": state.hparams,
+        "hparams": hparams,
         "edit_count": state.edit_count,
         "edit_log": state.edit_log,
         "replay_memory": [{"ids": list(m["ids"]), "n_prompt": m["n_prompt"]} for m in state.replay_memory],
@@ -138,28 +166,39 @@ def _edit_config(model, state: plumbing.BaFTState, weights_sha256: str) -> dict:
         "weights_sha256": weights_sha256,
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    config = json.loads(json.dumps(config))  # the checksum is of what a reader will parse back
+    config[CHECKSUM_FIELD] = config_checksum(config)
+    return config
 
 
 def _write_temp(directory: Path, name: str, data: bytes) -> Path:
     """Write data to a hidden temporary file beside `name`, flushed to disk."""
-    handle, temp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    path = directory / f".{name}.{secrets.token_hex(8)}.tmp"
+    # Mode 0o666 under the user's umask, as any file they create (mkstemp would give 0o600).
+    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     with os.fdopen(handle, "wb") as file:
         file.write(data)
         file.flush()
         os.fsync(file.fileno())
-    return Path(temp_name)
+    return path
 
 
-def save_edits(model, directory: PathLike) -> Path:
+def save_edits(model, directory: PathLike, base_model_name: Optional[str] = None) -> Path:
     """Write the model's BaFT edits to `directory` (created if needed); returns the directory.
 
-    Both files are written to temporary names first and then renamed, the config last: a reader
-    sees the old artifact, the new one, or a checksum mismatch, never a silently mixed one.
+    base_model_name is recorded as the edited model's name (default: the path the model was loaded
+    from). Both files are written to temporary names first and then renamed, the config last: a
+    reader sees the old artifact, the new one, or a checksum mismatch, never a silently mixed one.
     """
     state = plumbing.require_state(model, "save_edits")
     directory = Path(directory)
-    weights = save_safetensors_bytes(_tensors_of(state), metadata={"format": "pt", "edit_method": EDIT_METHOD})
-    config = _edit_config(model, state, hashlib.sha256(weights).hexdigest())
+    tensors = _tensors_of(state)
+    bad = _non_finite_tensor(tensors)
+    if bad is not None:
+        raise ArtifactError(f"tensor {bad!r} of these edits holds NaN or infinite values, so load_edits would "
+                            "refuse it; remove the edits and edit again (a lower lr keeps training finite)")
+    weights = save_safetensors_bytes(tensors, metadata={"format": "pt", "edit_method": EDIT_METHOD})
+    config = _edit_config(model, state, hashlib.sha256(weights).hexdigest(), base_model_name)
     config_bytes = (json.dumps(config, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     directory.mkdir(parents=True, exist_ok=True)
     temp_files = []
@@ -192,14 +231,28 @@ def _field(mapping: dict, name: str, kind, where: str = ""):
     return value
 
 
+def _read_regular_file(directory: Path, name: str) -> bytes:
+    """The bytes of directory/name; ArtifactError when it is missing or not a regular file (a FIFO never blocks)."""
+    path = directory / name
+    try:
+        # O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer; fstat then refuses it.
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise ArtifactError(f"{name} is missing from {str(directory)!r}; {RESAVE_HINT}") from None
+    except OSError as err:
+        raise ArtifactError(f"{name} in {str(directory)!r} cannot be read ({err.strerror}); {RESAVE_HINT}") from err
+    with os.fdopen(handle, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise ArtifactError(f"{name} in {str(directory)!r} is not a regular file; {RESAVE_HINT}")
+        return file.read()
+
+
 def _read_config(directory: Path) -> dict:
     if not directory.is_dir():
         raise ArtifactError(f"{str(directory)!r} is not a directory; pass the directory save_edits wrote")
-    path = directory / CONFIG_NAME
-    if not path.is_file():
-        raise ArtifactError(f"{CONFIG_NAME} is missing from {str(directory)!r}; {RESAVE_HINT}")
+    data = _read_regular_file(directory, CONFIG_NAME)
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ArtifactError(f"{CONFIG_NAME} in {str(directory)!r} is not valid JSON ({err}); {RESAVE_HINT}") from err
     if not isinstance(config, dict):
@@ -217,16 +270,28 @@ def _check_format(config: dict) -> None:
     if version != FORMAT_VERSION:
         raise ArtifactError(
             f"{CONFIG_NAME}: format_version={version} is not supported (this easyedit-baft reads "
-            f"version {FORMAT_VERSION}); use the easyedit-baft release that wrote it, or a newer one"
+            f"version {FORMAT_VERSION}); load it with the easyedit-baft release that wrote it"
+        )
+
+
+def _check_config_checksum(config: dict, directory: Path) -> None:
+    """Refuse a config whose fields changed after saving: every field steers what the edit computes or records."""
+    expected = _field(config, CHECKSUM_FIELD, str)
+    try:
+        actual = config_checksum(config)
+    except ValueError as err:  # NaN or an infinity, which save_edits never writes
+        raise ArtifactError(f"{CONFIG_NAME} in {str(directory)!r} holds a non-finite number; {RESAVE_HINT}") from err
+    if actual != expected:
+        raise ArtifactError(
+            f"{CONFIG_NAME} in {str(directory)!r} was changed after saving: its fields hash to {actual[:16]}…, "
+            f"its {CHECKSUM_FIELD} records {expected[:16]}…; {RESAVE_HINT} (edit the hparams before editing, "
+            "not in a saved artifact)"
         )
 
 
 def _read_weights(directory: Path, config: dict) -> Dict[str, torch.Tensor]:
     """The saved tensors, after checking the file's sha256 against the config."""
-    path = directory / WEIGHTS_NAME
-    if not path.is_file():
-        raise ArtifactError(f"{WEIGHTS_NAME} is missing from {str(directory)!r}; {RESAVE_HINT}")
-    data = path.read_bytes()  # hashed and parsed from the same bytes: nothing can change in between
+    data = _read_regular_file(directory, WEIGHTS_NAME)  # hashed and parsed from the same bytes
     expected = _field(config, "weights_sha256", str)
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
@@ -235,9 +300,14 @@ def _read_weights(directory: Path, config: dict) -> Dict[str, torch.Tensor]:
             f"{CONFIG_NAME} records {expected[:16]}… ({len(data)} bytes read); {RESAVE_HINT}"
         )
     try:
-        return load_safetensors_bytes(data)
+        tensors = load_safetensors_bytes(data)
     except SafetensorError as err:
         raise ArtifactError(f"{WEIGHTS_NAME} in {str(directory)!r} does not parse ({err}); {RESAVE_HINT}") from err
+    bad = _non_finite_tensor(tensors)
+    if bad is not None:
+        raise ArtifactError(f"{WEIGHTS_NAME} in {str(directory)!r}: tensor {bad!r} holds NaN or infinite values; "
+                            f"{RESAVE_HINT}")
+    return tensors
 
 
 def _check_base_model(model, config: dict, verify_fingerprint: bool) -> None:
@@ -356,27 +426,62 @@ def _edit_log_of(config: dict) -> List[dict]:
     return log
 
 
+def _check_replay_vocabulary(model, replay_memory: List[dict]) -> None:
+    """Replayed token ids index the model's embedding: each must lie below its vocabulary size."""
+    vocab_size = model.get_input_embeddings().weight.shape[0]
+    for index, entry in enumerate(replay_memory):
+        largest = max(entry["ids"])
+        if largest >= vocab_size:
+            raise ArtifactError(
+                f"{CONFIG_NAME}: field 'replay_memory[{index}].ids' holds token id {largest}, but this model's "
+                f"vocabulary has {vocab_size} tokens; load the edits onto the model they were made on"
+            )
+
+
+@dataclass
+class SavedEdits:
+    """An artifact read from disk and checked as far as it can be without the model it is for."""
+
+    directory: Path
+    config: dict
+    tensors: Dict[str, torch.Tensor]
+    hparams: BaFTHyperParams
+    edit_count: int
+    edit_log: List[dict]
+    replay_memory: List[dict]
+
+
+def read_artifact(directory: PathLike) -> SavedEdits:
+    """Read and check the edits saved in `directory` without a model: files, format, both checksums,
+    finite tensors, hparams, edit count, log and replay memory. ArtifactError names what is wrong."""
+    directory = Path(directory)
+    config = _read_config(directory)
+    _check_format(config)
+    _check_config_checksum(config, directory)
+    tensors = _read_weights(directory, config)
+    _field(config, "base_model", dict)
+    hparams = _hparams_of(config, str(config.get("base_model_name_or_path") or "base-model"))
+    return SavedEdits(directory, config, tensors, hparams, _edit_count_of(config), _edit_log_of(config),
+                      _replay_memory_of(config))
+
+
 def load_edits(model, directory: PathLike, verify_base_model: bool = True):
     """Attach the edits saved in `directory` to `model` (which must carry none); returns the model.
 
     Every check runs before anything is attached: on any ArtifactError the model is untouched.
     verify_base_model=False skips only the weight fingerprint, never the architecture checks.
     """
-    directory = Path(directory)
     if plumbing.get_state(model) is not None:
         raise ArtifactError(
             "this model already carries BaFT edits; call remove_edits(model) first, or load onto a fresh model"
         )
-    config = _read_config(directory)
-    _check_format(config)
-    tensors = _read_weights(directory, config)
-    _check_base_model(model, config, verify_base_model)
-    hparams = _hparams_of(config, str(config.get("base_model_name_or_path") or "base-model"))
-    edit_count, edit_log, replay_memory = _edit_count_of(config), _edit_log_of(config), _replay_memory_of(config)
-    interventions = _rebuilt_interventions(model, hparams, tensors)
+    saved = read_artifact(directory)
+    _check_base_model(model, saved.config, verify_base_model)
+    _check_replay_vocabulary(model, saved.replay_memory)
+    interventions = _rebuilt_interventions(model, saved.hparams, saved.tensors)
 
-    state = plumbing.attach(model, interventions, config["hparams"])
-    state.edit_count, state.edit_log, state.replay_memory = edit_count, edit_log, replay_memory
+    state = plumbing.attach(model, interventions, saved.config["hparams"])
+    state.edit_count, state.edit_log, state.replay_memory = saved.edit_count, saved.edit_log, saved.replay_memory
     return model
 
 

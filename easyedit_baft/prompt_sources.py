@@ -11,7 +11,7 @@ import random
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 # Short neutral openings placed before the prompt, so the edit holds in other contexts
 # (ROME's "context templates", fixed here so that edits are deterministic and cheap).
@@ -25,14 +25,53 @@ CONTEXT_PREFIXES = (
 )
 
 
+# locality_source names of the prompt pools shipped in easyedit_baft/data (see PROVENANCE.md there).
+BUILTIN_SOURCE = "builtin"
+PACKAGE_PREFIX = "package:"
+PACKAGE_POOLS = {"unrelated_prompts": "unrelated_prompts.txt", "zsre_train_questions": "zsre_train_questions.txt"}
+
+
 def _package_lines(name: str) -> tuple:
     text = resources.files("easyedit_baft").joinpath(f"data/{name}").read_text(encoding="utf-8")
     return tuple(line.strip() for line in text.splitlines() if line.strip())
 
 
+def is_named_source(source) -> bool:
+    """True for 'builtin' and 'package:NAME': pools shipped with the package, never file paths."""
+    return isinstance(source, str) and (source == BUILTIN_SOURCE or source.startswith(PACKAGE_PREFIX))
+
+
+class LocalitySource(str):
+    """A locality_source path resolved against its YAML's folder, remembering the spelling the YAML gave.
+
+    It is the resolved path wherever a string is used; saved edits record `given`, so they carry no
+    absolute path of the machine they were made on.
+    """
+
+    def __new__(cls, resolved: str, given: Optional[str] = None):
+        value = super().__new__(cls, resolved)
+        value.given = resolved if given is None else given
+        return value
+
+
+def recorded_locality_source(source):
+    """What a saved record keeps of a locality_source: the name the user gave, not the resolved path."""
+    return str(source.given) if isinstance(source, LocalitySource) else source
+
+
 @lru_cache(maxsize=None)
 def builtin_unrelated_prompts() -> tuple:
-    return _package_lines("unrelated_prompts.txt")
+    return _package_lines(PACKAGE_POOLS["unrelated_prompts"])
+
+
+def _package_pool(source: str) -> tuple:
+    name = source[len(PACKAGE_PREFIX):]
+    if name not in PACKAGE_POOLS:
+        raise FileNotFoundError(
+            f"locality_source={source!r} names no shipped pool; use one of "
+            f"{[PACKAGE_PREFIX + known for known in PACKAGE_POOLS]}, 'builtin' or the path of a prompts file"
+        )
+    return _package_lines(PACKAGE_POOLS[name])
 
 
 @lru_cache(maxsize=None)
@@ -77,12 +116,15 @@ def _prompts_from_records(records: list, path: Path) -> List[str]:
 @lru_cache(maxsize=8)
 def unrelated_prompts(source: str) -> tuple:
     """The pool of unrelated prompts named by hparams.locality_source."""
-    if source == "builtin":
+    if source == BUILTIN_SOURCE:
         return builtin_unrelated_prompts()
+    if source.startswith(PACKAGE_PREFIX):
+        return _package_pool(source)
     path = Path(source).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
-            f"locality_source={source!r} is neither 'builtin' nor an existing file; fix the path"
+            f"locality_source={source!r} is neither 'builtin', a shipped pool ('{PACKAGE_PREFIX}NAME') nor an "
+            "existing file; fix the path (a relative path in a YAML file is read from that file's folder)"
         )
     if path.suffix == ".json":
         try:

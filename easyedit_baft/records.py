@@ -12,13 +12,23 @@ from pathlib import Path
 from typing import List, Optional
 
 DATA_ENV = "EASYEDIT_BAFT_DATA"
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Real ZsRE eval facts shipped for the demo (easyedit_baft/data/PROVENANCE.md says where from).
+DEMO_FACTS = PACKAGE_DIR / "data" / "zsre_demo_facts.json"
+DEFAULT_CONFIG_NAME = "smollm2-135m.yaml"
 
 
 def default_data_dir() -> Path:
-    """$EASYEDIT_BAFT_DATA, else ../shared/data beside the repository checkout."""
+    """Where the full benchmark sets live: $EASYEDIT_BAFT_DATA, else ../shared/data beside the checkout."""
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV]).expanduser()
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return PACKAGE_DIR.parent.parent / "shared" / "data"
+
+
+def shipped_config(name: str = DEFAULT_CONFIG_NAME) -> Path:
+    """hparams/BaFT/NAME: in an installed wheel it lies in easyedit_baft/configs (see setup.py)."""
+    installed = PACKAGE_DIR / "configs" / name
+    return installed if installed.is_file() else PACKAGE_DIR.parent / "hparams" / "BaFT" / name
 
 
 def _first(value):

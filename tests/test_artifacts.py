@@ -112,7 +112,10 @@ def read_config(directory: Path) -> dict:
     return json.loads((directory / CONFIG_NAME).read_text())
 
 
-def write_config(directory: Path, config: dict) -> None:
+def write_config(directory: Path, config: dict, reseal: bool = True) -> None:
+    """Write a changed config; reseal=True records its new checksum, so the deeper checks are reached."""
+    if reseal:
+        config = {**config, artifacts.CHECKSUM_FIELD: artifacts.config_checksum(config)}
     (directory / CONFIG_NAME).write_text(json.dumps(config))
 
 
@@ -140,6 +143,7 @@ def test_save_writes_two_files_and_config_fields(edited):
     assert config["hparams"]["rank"] == 4 and config["layers_to_transform"] == [1, 2]
     assert config["edit_count"] == 1 and config["edit_log"][0]["target_new"] == "Rome"
     assert config["weights_sha256"] == hashlib.sha256((directory / WEIGHTS_NAME).read_bytes()).hexdigest()
+    assert config["config_sha256"] == artifacts.config_checksum(config)
     names = set(load_file(directory / WEIGHTS_NAME))
     assert {"layers.1.basis_usage", "layers.2.rotation.parametrizations.weight.original",
             "layers.2.rotation.parametrizations.weight.0.base"} <= names
@@ -334,6 +338,146 @@ def test_model_already_edited_is_refused(edited, tok):
     assert_refused_and_untouched(model, tok, directory, "already carries BaFT edits")
     for i, module in plumbing.get_state(model).interventions.items():
         assert all(torch.equal(v, saved[i][k]) for k, v in module.state_dict().items())
+
+
+# Fields changed by hand without a new checksum: each changes what the loaded edit computes or records.
+TAMPERED_FIELDS = {
+    "gate learned -> ones": (("hparams", "gate"), "ones"),
+    "lr": (("hparams", "lr"), 0.5),
+    "gate temperature": (("hparams", "gate_temperature"), 9.0),
+    "layers_to_transform": (("layers_to_transform",), [1]),
+    "r": (("r",), 8),
+    "edit_count": (("edit_count",), 7),
+    "replay memory": (("replay_memory",), []),
+    "edit log": (("edit_log",), []),
+    "base model name": (("base_model_name_or_path",), "other-model"),
+    "checksum itself": (("config_sha256",), "0" * 64),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERED_FIELDS))
+def test_a_config_field_changed_after_saving_is_refused(case, artifact, tok):
+    path, value = TAMPERED_FIELDS[case]
+    config = read_config(artifact)
+    _set(path, value)(config)
+    write_config(artifact, config, reseal=False)
+    assert_refused_and_untouched(tiny_llama(), tok, artifact, "changed after saving")
+
+
+def test_a_config_without_its_checksum_is_refused(artifact, tok):
+    config = read_config(artifact)
+    del config["config_sha256"]
+    write_config(artifact, config, reseal=False)
+    assert_refused_and_untouched(tiny_llama(), tok, artifact, "config_sha256")
+
+
+def test_key_order_and_spacing_of_the_config_do_not_count(artifact, tok):
+    config = read_config(artifact)
+    (artifact / CONFIG_NAME).write_text(json.dumps(dict(reversed(list(config.items()))), indent=7))
+    load_edits(tiny_llama(), artifact)
+
+
+def _poison(tensors):
+    name = next(n for n, t in sorted(tensors.items()) if t.is_floating_point() and t.numel())
+    tensors[name].view(-1)[0] = float("nan")
+
+
+def test_non_finite_tensor_is_refused(artifact, tok):
+    rewrite_weights(artifact, _poison)
+    assert_refused_and_untouched(tiny_llama(), tok, artifact, "NaN or infinite")
+
+
+def test_replay_token_id_outside_the_vocabulary_is_refused(tok, tmp_path):
+    model = tiny_llama()
+    for request in REQUESTS[:2]:
+        edit(model, tok, request)
+    directory = save_edits(model, tmp_path / "edits")
+    config = read_config(directory)
+    config["replay_memory"][0]["ids"][-1] = VOCAB_SIZE
+    write_config(directory, config)
+    assert_refused_and_untouched(tiny_llama(), tok, directory, r"replay_memory\[0\].ids.*300 tokens")
+
+
+@pytest.mark.parametrize("name", [CONFIG_NAME, WEIGHTS_NAME])
+def test_a_fifo_in_place_of_a_file_is_refused_without_blocking(name, artifact, tok):
+    import os
+    import threading
+
+    (artifact / name).unlink()
+    os.mkfifo(artifact / name)
+    outcome = {}
+
+    def load():
+        try:
+            load_edits(tiny_llama(), artifact)
+        except ArtifactError as err:
+            outcome["error"] = str(err)
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "load_edits blocked on a FIFO"
+    assert "not a regular file" in outcome["error"]
+
+
+def test_save_refuses_non_finite_edits_and_writes_nothing(tok, tmp_path):
+    model = tiny_llama()
+    edit(model, tok, REQUESTS[0])
+    with torch.no_grad():
+        next(plumbing.get_state(model).interventions[1].parameters()).view(-1)[0] = float("inf")
+    with pytest.raises(ArtifactError, match="NaN or infinite"):
+        save_edits(model, tmp_path / "edits")
+    assert not (tmp_path / "edits").exists()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_saved_files_get_the_users_umask(edited, tmp_path, umask, mode):
+    import os
+
+    previous = os.umask(umask)
+    try:
+        directory = save_edits(edited[0], tmp_path / "edits")
+    finally:
+        os.umask(previous)
+    assert {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()} == {CONFIG_NAME: mode, WEIGHTS_NAME: mode}
+
+
+def test_relative_locality_source_is_recorded_as_the_yaml_spelled_it(tok, tmp_path):
+    import yaml
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "prompts.txt").write_text("The sky is\nMy dog likes\n")
+    fields = dict(alg_name="BaFT", model_name="tiny-llama", layers=[1], rank=4, n_steps=4,
+                  n_locality_prompts=2, locality_source="../data/prompts.txt")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "baft.yaml").write_text(yaml.safe_dump(fields))
+    hp = BaFTHyperParams.from_hparams(tmp_path / "configs" / "baft.yaml")
+    assert hp.locality_source == str(tmp_path / "data" / "prompts.txt")  # read from the YAML's folder
+    model = tiny_llama()
+    apply_baft_to_model(model, tok, [REQUESTS[0]], hp)
+    config = read_config(save_edits(model, tmp_path / "edits"))
+    assert config["hparams"]["locality_source"] == "../data/prompts.txt"
+    assert str(tmp_path) not in json.dumps(config)
+    load_edits(tiny_llama(), tmp_path / "edits")
+
+
+def test_base_model_name_is_the_model_edited_or_the_name_given(edited, tmp_path):
+    model, _ = edited
+    model.config._name_or_path = "/models/the-one-edited"
+    try:
+        assert read_config(save_edits(model, tmp_path / "a"))["base_model_name_or_path"] == "/models/the-one-edited"
+        named = save_edits(model, tmp_path / "b", base_model_name="smollm2-135m")
+        assert read_config(named)["base_model_name_or_path"] == "smollm2-135m"
+    finally:
+        model.config._name_or_path = ""
+
+
+def test_read_artifact_checks_without_a_model(edited, artifact):
+    saved = artifacts.read_artifact(edited[1])
+    assert saved.edit_count == 1 and saved.hparams.rank == 4
+    (artifact / CONFIG_NAME).write_text("{not json")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        artifacts.read_artifact(artifact)
 
 
 # --- explain ----------------------------------------------------------------------------------------

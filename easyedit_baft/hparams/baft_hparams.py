@@ -12,6 +12,8 @@ from typing import Any, List, Optional, Union
 
 import yaml
 
+from ..prompt_sources import LocalitySource, is_named_source
+
 try:  # the host's base class, so EasyEdit treats BaFT like its own methods
     from easyeditor.util.hparams import HyperParams as _HostHyperParams
 except Exception:  # the host is optional: any import failure means "no host"
@@ -36,9 +38,9 @@ LOCALITY_PENALTIES = ("change_peak", "gate_mean")
 
 def locality_source_from_file(source, hparams_file: Union[str, Path]):
     """locality_source as a YAML file names it: a relative path is read from that file's folder,
-    so the config works from any working directory."""
-    if isinstance(source, str) and source != "builtin" and not Path(source).expanduser().is_absolute():
-        return os.path.abspath(Path(hparams_file).parent / source)
+    so the config works from any working directory; saved edits record it as the file spelled it."""
+    if isinstance(source, str) and not is_named_source(source) and not Path(source).expanduser().is_absolute():
+        return LocalitySource(os.path.abspath(Path(hparams_file).parent / source), given=source)
     return source
 
 
