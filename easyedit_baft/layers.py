@@ -118,7 +118,11 @@ class _InterventionHook:
     def __call__(self, _layer, _args, output):
         if not self.state.enabled:
             return output
-        return _replace_hidden(output, self.state.interventions[self.index](_hidden_of(output)))
+        hidden, module = _hidden_of(output), self.state.interventions[self.index]
+        # The interventions are not submodules, so model.to(device) leaves them behind: follow the layer.
+        if next(module.parameters()).device != hidden.device:
+            module.to(hidden.device)
+        return _replace_hidden(output, module(hidden))
 
 
 def get_state(model: nn.Module) -> Optional[BaFTState]:
