@@ -30,11 +30,6 @@ class RestoreEdit:
     def __init__(self, model, snapshot: Optional[dict]):
         self.model, self.snapshot = model, snapshot
 
-    def items(self):
-        """Older EasyEdit (PyPI 0.0.1) restores by copying weights_copy.items() back: undo, copy nothing."""
-        self()
-        return iter(())
-
     def __call__(self) -> None:
         state = plumbing.get_state(self.model)
         if self.snapshot is None or state is None:

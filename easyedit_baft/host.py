@@ -1,31 +1,35 @@
 """Make BaFT a method of the EasyEdit host (the `easyeditor` package) when one is present.
 
+One rule: `import easyedit_baft` imports the host when it is importable and registers BaFT at once;
+when it is not, `register_with_host()` (after the host became importable) imports and registers.
+The host is found as an importable `easyeditor`, or as a clone whose root EASYEDIT_ROOT names.
+The import is not lazy: BaFTHyperParams subclasses the host's HyperParams, and importing
+`easyeditor.util.hparams` runs the host's package __init__, which loads all its methods (seconds).
+
 Three host objects learn about BaFT, each changed in memory only (no host file is written):
 - easyeditor.util.alg_dict.ALG_DICT gets 'BaFT' -> apply_baft_to_model (BaseEditor looks it up);
 - easyeditor.editors.utils.CALLABLE_RESTORE_ALGS gets 'BaFT', so restore_after_edit calls the
   undo callable that apply_baft_to_model returns;
 - easyeditor.editors.batch_editor.BatchEditor.is_batchable_method accepts 'BaFT'.
-
-The host is found as an importable `easyeditor`, or as a clone whose root the EASYEDIT_ROOT
-environment variable names. Importing the host takes seconds, so `import easyedit_baft`
-never imports it: host modules already loaded are patched at once, the others as they load.
+A host that lacks one of them (an older release) is patched where its names exist, with a warning.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.util
 import logging
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Dict, Optional
 
 LOG = logging.getLogger(__name__)
 
 HOST_PACKAGE = "easyeditor"
 ROOT_ENV_VAR = "EASYEDIT_ROOT"
+HPARAMS_MODULE = "easyeditor.util.hparams"
 ALG_DICT_MODULE = "easyeditor.util.alg_dict"
 RESTORE_MODULE = "easyeditor.editors.utils"
 BATCH_MODULE = "easyeditor.editors.batch_editor"
@@ -34,6 +38,7 @@ NO_HOST_MESSAGE = ("no EasyEdit host (easyeditor) found; BaFT works without it. 
                    "BaseEditor, set %s to the root of an EasyEdit clone")
 
 _logged: set = set()
+_import_failed = False  # the last import of the host failed: import_host() does not retry unless asked
 
 
 def _log_once(level: int, message: str, *args) -> None:
@@ -58,15 +63,50 @@ def add_root_from_env() -> Optional[Path]:
     return root
 
 
-def host_available() -> bool:
-    """True when `easyeditor` is imported or importable; never imports it."""
+def import_host(retry: bool = False) -> Optional[ModuleType]:
+    """The host package, imported now if needed; None (logged once) when there is none or it fails.
+
+    A failed import is not repeated (it costs seconds each time) unless retry=True.
+    """
+    global _import_failed
     if HOST_PACKAGE in sys.modules:
-        return True
+        return sys.modules[HOST_PACKAGE]
+    if _import_failed and not retry:
+        return None
     add_root_from_env()
     try:
-        return importlib.util.find_spec(HOST_PACKAGE) is not None
+        found = importlib.util.find_spec(HOST_PACKAGE) is not None
     except (ImportError, ValueError):
-        return False
+        found = False
+    if not found:
+        _import_failed = True
+        _log_once(logging.INFO, NO_HOST_MESSAGE, ROOT_ENV_VAR)
+        return None
+    try:
+        module = importlib.import_module(HOST_PACKAGE)
+    except Exception as err:  # any failure of the host's own imports means "no usable host"
+        _import_failed = True
+        _log_once(logging.WARNING, "EasyEdit (easyeditor) was found but does not import (%r); BaFT works "
+                  "without it. Install EasyEdit's requirements into this environment "
+                  "(docs/HOST_INTEGRATION.md) to use BaFT from BaseEditor", err)
+        return None
+    _import_failed = False
+    return module
+
+
+def host_available() -> bool:
+    """True when the host is imported (`import easyedit_baft` imports it where it can)."""
+    return import_host() is not None
+
+
+def host_hyperparams_class():
+    """The host's HyperParams base class, or None without an importable host."""
+    if import_host() is None:
+        return None
+    try:
+        return getattr(importlib.import_module(HPARAMS_MODULE), "HyperParams", None)
+    except ImportError:  # a host without util/hparams.py: BaFT keeps its stand-in base class
+        return None
 
 
 def _alg_name() -> str:
@@ -95,7 +135,7 @@ def _patch_restore_set(module) -> bool:
     restore_set = getattr(module, "CALLABLE_RESTORE_ALGS", None)
     if not isinstance(restore_set, set):
         _log_once(logging.WARNING, "%s has no CALLABLE_RESTORE_ALGS set; this host will not call BaFT's "
-                  "undo after non-sequential edits", module.__name__)
+                  "undo after non-sequential edits, so use sequential_edit=True there", module.__name__)
         return False
     restore_set.add(_alg_name())
     return True
@@ -108,7 +148,7 @@ def _patch_batchable(module) -> bool:
         _log_once(logging.WARNING, "%s has no BatchEditor.is_batchable_method; batch_edit will refuse BaFT",
                   module.__name__)
         return False
-    if getattr(original, _PATCH_MARK, False):
+    if getattr(original, _PATCH_MARK, False):  # registering twice must not wrap twice
         return True
     alg_name = _alg_name()
 
@@ -129,51 +169,6 @@ PATCHES: Dict[str, Callable] = {
 }
 
 
-class _PatchAfterExec(importlib.abc.Loader):
-    """Runs a host module's own loader, then patches the module it made."""
-
-    def __init__(self, loader, patch: Callable):
-        self._loader, self._patch = loader, patch
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        self._loader.exec_module(module)
-        try:
-            self._patch(module)
-        except Exception as err:  # registration must never break the host's own import
-            _log_once(logging.WARNING, "BaFT registration on %s failed: %r", module.__name__, err)
-
-    def __getattr__(self, name):  # get_source, get_filename, ...: tracebacks still show host code
-        return getattr(self._loader, name)
-
-
-class _HostImportWatcher(importlib.abc.MetaPathFinder):
-    """Patches the three host modules when they are imported after easyedit_baft."""
-
-    def find_spec(self, fullname, path, target=None):
-        patch = PATCHES.get(fullname)
-        if patch is None:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _PatchAfterExec(spec.loader, patch)
-        return spec
-
-
-def _watch_host_imports() -> None:
-    if not any(isinstance(finder, _HostImportWatcher) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _HostImportWatcher())
-
-
 def is_registered() -> bool:
     """True when the loaded host's ALG_DICT maps 'BaFT' to apply_baft_to_model."""
     module = sys.modules.get(ALG_DICT_MODULE)
@@ -184,28 +179,19 @@ def is_registered() -> bool:
     return getattr(module, "ALG_DICT", {}).get(_alg_name()) is apply_baft_to_model
 
 
-def register_lazily() -> None:
-    """Patch host modules already loaded; patch the rest when they load. Imports nothing."""
-    if not host_available():
-        _log_once(logging.INFO, NO_HOST_MESSAGE, ROOT_ENV_VAR)
-        return
-    for name, patch in PATCHES.items():
-        if name in sys.modules:
-            patch(sys.modules[name])
-    _watch_host_imports()
+def register_with_host(retry: bool = True) -> bool:
+    """Import the host if needed and register BaFT now; True if BaseEditor can now run BaFT.
 
-
-def register_with_host() -> bool:
-    """Import the host if needed and register BaFT now; True if BaseEditor can now run BaFT."""
-    if not host_available():
-        _log_once(logging.INFO, NO_HOST_MESSAGE, ROOT_ENV_VAR)
+    Idempotent. `import easyedit_baft` calls it with retry=False; call it again once a host became
+    importable (EASYEDIT_ROOT set, or its clone put on sys.path) after that import.
+    """
+    if import_host(retry=retry) is None:
         return False
-    _watch_host_imports()
     for name, patch in PATCHES.items():
         try:
             module = importlib.import_module(name)
         except Exception as err:  # an older host lacks some modules (PyPI 0.0.1.dev0 has no editors.utils)
             _log_once(logging.WARNING, "host module %s could not be imported (%s)", name, err)
             continue
-        patch(module)  # idempotent, and a no-op when the import watcher already patched it
+        patch(module)
     return is_registered()

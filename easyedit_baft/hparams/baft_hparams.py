@@ -14,10 +14,11 @@ import yaml
 
 from ..prompt_sources import LocalitySource, is_named_source
 
-try:  # the host's base class, so EasyEdit treats BaFT like its own methods
-    from easyeditor.util.hparams import HyperParams as _HostHyperParams
-except Exception:  # the host is optional: any import failure means "no host"
-    _HostHyperParams = None
+from .. import host as _host
+
+# The host's base class, so EasyEdit treats BaFT like its own methods. Getting it imports the host
+# (where importable) once, here: the registration in easyedit_baft/__init__.py then finds it loaded.
+_HostHyperParams = _host.host_hyperparams_class()
 
 
 if _HostHyperParams is None:

@@ -25,6 +25,14 @@ if str(EXAMPLES) not in sys.path:
     sys.path.insert(0, str(EXAMPLES))  # the examples' record mapping is what these tests feed the host
 
 
+REQUIRE_HOST_ENV = "EASYEDIT_BAFT_REQUIRE_HOST"
+
+
+def host_required() -> bool:
+    """Set by ./run.sh test-host and CI: a host test that cannot run is a failure, not a skip."""
+    return os.environ.get(REQUIRE_HOST_ENV, "") not in ("", "0")
+
+
 def host_skip_reason() -> Optional[str]:
     root = os.environ.get("EASYEDIT_ROOT")
     if not root:
@@ -34,7 +42,8 @@ def host_skip_reason() -> Optional[str]:
     try:
         importlib.import_module("easyeditor")
     except Exception as err:  # any failure of the host's own imports means: no usable host
-        return f"easyeditor does not import (EASYEDIT_ROOT={root}): {err!r}"
+        return (f"easyeditor does not import (EASYEDIT_ROOT={root}): {err!r}; run ./run.sh test-host, "
+                "which builds a venv with the host's requirements")
     if not easyedit_baft.register_with_host():
         return "easyeditor imports but BaFT could not be registered with it; see the log"
     return None

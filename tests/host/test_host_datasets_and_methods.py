@@ -1,13 +1,15 @@
-"""The host's datasets feed BaFT unchanged; ROME and GRACE run in the same loop as BaFT."""
+"""The host's datasets feed BaFT unchanged; ROME, MEMIT and GRACE run in the same loop as BaFT."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
 from edit_inputs import detect_format, edit_kwargs
 from edit_metrics import summarize
-from host_testing import (COUNTERFACT, EXAMPLES, KNOWEDIT_ZSRE, ZSRE_EVAL, baft_hparams, need_data,
+from host_testing import (COUNTERFACT, EXAMPLES, KNOWEDIT_ZSRE, ZSRE_EVAL, ZSRE_TRAIN, baft_hparams, need_data,
                           probe_logits)
 
 from easyedit_baft.layers import get_state
@@ -39,29 +41,64 @@ def test_host_dataset_feeds_baft(baft_editor, dataset, path, fmt):
     assert get_state(baft_editor.model) is None
 
 
-def _hparams(method: str, model_path: str):
-    from easyeditor import GraceHyperParams, ROMEHyperParams
+# MEMIT on two of the examples' five layers, with statistics from 200 local texts: the same code
+# path as the examples' MEMIT, at a fraction of the CPU time.
+MEMIT_LAYERS = [4, 5]
+MEMIT_STATS_TEXTS = 200
+
+
+def _hparams(method: str, model_path: str, stats_dir: Path):
+    from easyeditor import GraceHyperParams, MEMITHyperParams, ROMEHyperParams
 
     if method == "BaFT":
         return baft_hparams(model_path)
-    cls = {"ROME": ROMEHyperParams, "GRACE": GraceHyperParams}[method]
+    cls = {"ROME": ROMEHyperParams, "MEMIT": MEMITHyperParams, "GRACE": GraceHyperParams}[method]
     hparams = cls.from_hparams(str(EXAMPLES / "hparams" / method / "smollm2-135m.yaml"))
     hparams.model_name = model_path
     if method == "ROME":  # fewer optimisation steps and context templates: the same code, less CPU time
         hparams.v_num_grad_steps, hparams.context_template_length_params = 10, [[5, 5]]  # the fewest templates: one per seed word
+    if method == "MEMIT":
+        hparams.v_num_grad_steps, hparams.layers = 10, MEMIT_LAYERS
+        hparams.stats_dir, hparams.mom2_n_samples = str(stats_dir), MEMIT_STATS_TEXTS
     return hparams
 
 
-def test_rome_grace_and_baft_in_the_same_loop(model_path, zsre_records):
+def _write_memit_stats(editor, model_path: str) -> None:
+    """Second moments of MEMIT's layers from local text (ZsRE train questions), in the files the host
+    reads: with them present it downloads nothing (examples/memit_stats.py does the same at full size)."""
+    from memit_stats import collect, corpus_texts, save, stats_file
+
+    hp = editor.hparams
+    texts = corpus_texts([need_data(ZSRE_TRAIN)])[:hp.mom2_n_samples]
+    names = [hp.rewrite_module_tmp.format(layer) for layer in hp.layers]
+    last_block = editor.model.get_submodule(hp.layer_module_tmp.format(max(hp.layers)))
+    padding_side = editor.tok.padding_side  # collect pads on the right; the host's evaluation expects its own
+    try:
+        sums, counts = collect(editor.model, editor.tok, texts, names, last_block, max_tokens=64, batch_size=16)
+    finally:
+        editor.tok.padding_side = padding_side
+    for name in names:
+        save(stats_file(Path(hp.stats_dir), model_path, hp.mom2_dataset, name, hp.mom2_dtype, hp.mom2_n_samples),
+             sums[name], counts[name], hp.mom2_dtype, hp.mom2_n_samples)
+
+
+def test_rome_memit_grace_and_baft_in_the_same_loop(model_path, zsre_records, tmp_path):
     from easyeditor import BaseEditor
+    from easyeditor.models.memit import memit_main
 
     summaries = {}
-    for method in ("BaFT", "ROME", "GRACE"):
-        editor = BaseEditor.from_hparams(_hparams(method, model_path))
-        reference = probe_logits(editor)
-        metrics, _, _ = editor.edit(**edit_kwargs(zsre_records[:1], "zsre"), sequential_edit=False, verbose=False)
-        assert torch.equal(probe_logits(editor), reference), f"{method}: the host did not restore the model"
-        summaries[method] = summarize(metrics)
+    try:
+        for method in ("BaFT", "ROME", "MEMIT", "GRACE"):
+            editor = BaseEditor.from_hparams(_hparams(method, model_path, tmp_path / "stats"))
+            if method == "MEMIT":
+                _write_memit_stats(editor, model_path)
+            reference = probe_logits(editor)
+            metrics, _, _ = editor.edit(**edit_kwargs(zsre_records[:1], "zsre"), sequential_edit=False, verbose=False)
+            assert torch.equal(probe_logits(editor), reference), f"{method}: the host did not restore the model"
+            summaries[method] = summarize(metrics)
+    finally:
+        memit_main.COV_CACHE.clear()  # these small-sample statistics must not serve a later MEMIT run
     for method, summary in summaries.items():
         for key in ("reliability", "generalization", "locality", "portability"):
             assert summary[key] is not None and 0.0 <= summary[key] <= 1.0, (method, key, summary)
+    assert summaries["BaFT"]["reliability"] >= 0.8, summaries["BaFT"]

@@ -38,11 +38,18 @@ def test_registration_is_idempotent():
 
     before = (dict(ALG_DICT), set(CALLABLE_RESTORE_ALGS), BatchEditor.is_batchable_method)
     assert easyedit_baft.register_with_host() and easyedit_baft.register_with_host()
-    easyedit_baft.host.register_lazily()
     assert (dict(ALG_DICT), set(CALLABLE_RESTORE_ALGS), BatchEditor.is_batchable_method) == before
     original = BatchEditor.is_batchable_method.__wrapped__
     assert not hasattr(original, "__wrapped__")  # wrapped once, not once per call
     assert easyedit_baft.host_available()
+
+
+def test_base_class_is_the_hosts():
+    from easyeditor.util.hparams import HyperParams
+
+    from easyedit_baft import BaFTHyperParams
+
+    assert issubclass(BaFTHyperParams, HyperParams)
 
 
 def _run(code: str, env: dict, cwd) -> subprocess.CompletedProcess:
@@ -50,18 +57,20 @@ def _run(code: str, env: dict, cwd) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_host_imported_later_is_patched_as_it_loads(tmp_path):
-    """A host that becomes importable after `import easyedit_baft` registers BaFT on import."""
+def _env_without_host() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("EASYEDIT_ROOT", "PYTHONPATH")}
     env["PYTHONPATH"] = str(REPO_ROOT)
-    code = f"""
+    return env
+
+
+def test_import_registers_at_once_when_the_host_is_importable(tmp_path):
+    """The documented rule, in a fresh interpreter: `import easyedit_baft` imports the host and registers."""
+    env = _env_without_host()
+    env["EASYEDIT_ROOT"] = os.environ["EASYEDIT_ROOT"]
+    code = """
         import sys
         import easyedit_baft
-        assert not easyedit_baft.host_available()
-        sys.path.append({os.environ['EASYEDIT_ROOT']!r})
-        easyedit_baft.host.register_lazily()
-        assert "easyeditor" not in sys.modules  # registering lazily imports nothing
-        from easyeditor import BaseEditor
+        assert "easyeditor" in sys.modules  # imported by easyedit_baft, not by this script
         from easyeditor.editors.batch_editor import BatchEditor
         from easyeditor.editors.utils import CALLABLE_RESTORE_ALGS
         assert easyedit_baft.host.is_registered()
@@ -72,50 +81,18 @@ def test_host_imported_later_is_patched_as_it_loads(tmp_path):
     assert "REGISTERED" in result.stdout, result.stderr[-3000:]
 
 
-def test_without_host_the_package_works_and_logs_once(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("EASYEDIT_ROOT", "PYTHONPATH")}
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    code = """
-        import logging
-        logging.basicConfig(level=logging.INFO)
+def test_a_host_found_after_import_registers_at_register_with_host(tmp_path):
+    code = f"""
+        import sys
         import easyedit_baft
-        assert not easyedit_baft.host_available()
-        assert easyedit_baft.register_with_host() is False
-        assert easyedit_baft.register_with_host() is False
-        assert callable(easyedit_baft.apply_baft_to_model)
-        print("STANDALONE")
+        assert not easyedit_baft.host_available() and "easyeditor" not in sys.modules
+        sys.path.append({os.environ['EASYEDIT_ROOT']!r})
+        assert easyedit_baft.register_with_host()
+        from easyeditor.editors.batch_editor import BatchEditor
+        from easyeditor.editors.utils import CALLABLE_RESTORE_ALGS
+        assert "BaFT" in CALLABLE_RESTORE_ALGS and BatchEditor.is_batchable_method("BaFT")
+        assert easyedit_baft.host_available()
+        print("REGISTERED")
     """
-    result = _run(code, env, tmp_path)
-    assert "STANDALONE" in result.stdout, result.stderr[-3000:]
-    assert result.stderr.count("no EasyEdit host") == 1
-
-
-def test_an_older_host_is_patched_where_its_names_exist(caplog):
-    """PyPI's easyeditor 0.0.1.dev0 has ALG_DICT and BatchEditor but no CALLABLE_RESTORE_ALGS."""
-    import enum
-    import logging
-    import types
-
-    from easyedit_baft import apply_baft_to_model, host
-
-    alg_dict = types.ModuleType("old.util.alg_dict")
-    alg_dict.ALG_DICT = {"ROME": object()}
-
-    class BatchEditor(enum.Enum):
-        MEMIT = "MEMIT"
-
-        @staticmethod
-        def is_batchable_method(alg_name):
-            return alg_name == BatchEditor.MEMIT.value
-
-    batch_editor = types.ModuleType("old.editors.batch_editor")
-    batch_editor.BatchEditor = BatchEditor
-    editors = types.ModuleType("old.editors")  # no CALLABLE_RESTORE_ALGS there
-
-    assert host.PATCHES[host.ALG_DICT_MODULE](alg_dict)
-    assert alg_dict.ALG_DICT["BaFT"] is apply_baft_to_model and "ROME" in alg_dict.ALG_DICT
-    assert host.PATCHES[host.BATCH_MODULE](batch_editor)
-    assert BatchEditor.is_batchable_method("BaFT") and BatchEditor.is_batchable_method("MEMIT")
-    with caplog.at_level(logging.WARNING, logger=host.LOG.name):
-        assert host.PATCHES[host.RESTORE_MODULE](editors) is False
-    assert "CALLABLE_RESTORE_ALGS" in caplog.text
+    result = _run(code, _env_without_host(), tmp_path)
+    assert "REGISTERED" in result.stdout, result.stderr[-3000:]
