@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 from . import metrics
 from .baft_main import apply_baft_to_model
 from .hparams import BaFTHyperParams
-from .model_loading import load_model
+from .model_loading import load_model, placement
+from .prompt_sources import recorded_locality_source
 from .records import edit_request
 
 MEASURES = ("reliability", "generalization", "locality", "portability")
@@ -136,7 +137,7 @@ def run_demo(cases: List[dict], hparams_path: str, model: Optional[str], out_dir
              compare_with_host: bool = True) -> dict:
     hparams = BaFTHyperParams.from_hparams(hparams_path)
     print(f"Loading model {model or 'smollm2-135m (embedded)'} ...", flush=True)
-    hf_model, tok = load_model(model)
+    hf_model, tok = load_model(model, **placement(hparams))
     before = [_answers(hf_model, tok, c) for c in tqdm(cases, desc="answers before editing")]
     baselines = [_baseline(hf_model, tok, c) for c in cases]
 
@@ -149,8 +150,10 @@ def run_demo(cases: List[dict], hparams_path: str, model: Optional[str], out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     model_name = model or "SmolLM2-135M-Instruct (embedded)"
     report = markdown_report(cases, before, after, results, hparams_path, model_name)
+    hparams_record = hparams.to_dict()
+    hparams_record["locality_source"] = recorded_locality_source(hparams.locality_source)
     summary = {
-        "model": model_name, "hparams": hparams.to_dict(), "cases": cases,
+        "model": model_name, "hparams": hparams_record, "cases": cases,
         "answers_before": before, "answers_after_sequential": after,
         "results": {r.mode: {"per_case": r.per_case, "mean": {m: r.mean(m) for m in MEASURES},
                              "seconds_per_edit": r.seconds_per_edit} for r in results},

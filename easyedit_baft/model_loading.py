@@ -126,13 +126,67 @@ def resolve_model_path(model: str | None) -> str:
     return str(path)
 
 
-def load_model(model: str | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """Load (model, tokenizer) for editing; the tokenizer gets a pad token if it lacks one."""
+class DeviceError(ValueError):
+    """The device asked for is not there; the message names it and the fix."""
+
+
+def resolve_device(device) -> str:
+    """hparams.device as torch names it ('cpu', 'cuda:0', 'mps'); DeviceError when it is not available."""
+    name = f"cuda:{device}" if isinstance(device, int) and not isinstance(device, bool) else str(device)
+    kind, _, index = name.partition(":")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise DeviceError(f"device={device!r}, but torch {torch.__version__} ({build}) sees no CUDA device; "
+                              "set device: cpu in the hparams, or run where a GPU and a CUDA build of torch are")
+        if index and (not index.isdigit() or int(index) >= count):
+            raise DeviceError(f"device={device!r}, but torch sees {count} CUDA device(s); use cuda:0 to cuda:{count - 1}")
+    elif kind == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device={device!r}, but torch has no MPS backend here; set device: cpu in the hparams")
+    elif kind not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"device={device!r} is not a device; use cpu, cuda, cuda:N or mps")
+    return name
+
+
+def placement(hparams) -> dict:
+    """Where and in which dtype hparams ask the model to be loaded: load_model's keyword arguments."""
+    device = resolve_device(hparams.device)
+    if hparams.model_parallel and not device.startswith("cuda"):
+        raise DeviceError(f"model_parallel=true spreads the model over CUDA devices, but device={hparams.device!r}; "
+                          "set model_parallel: false, or device: cuda")
+    return {"device": device, "dtype": torch.float16 if hparams.fp16 else torch.float32,
+            "model_parallel": bool(hparams.model_parallel)}
+
+
+def load_model(model: str | None = None, device: str = "cpu", dtype: torch.dtype = torch.float32,
+               model_parallel: bool = False):
+    """Load (model, tokenizer) for editing; the tokenizer gets a pad token if it lacks one.
+
+    model_parallel spreads the layers over every CUDA device (device_map='auto', needs accelerate).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = resolve_device(device)
     path = resolve_model_path(model)
-    hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    if model_parallel:
+        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map="auto").eval()
+    else:
+        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token_id is None:
         tok.pad_token_id = tok.eos_token_id
     return hf_model, tok
+
+
+def check_hparams_fit(hparams, model: str | None = None) -> None:
+    """Refuse hparams that do not fit the model (architecture, layers, rank) from its config alone,
+    before its weights load: the interventions are built for a weightless copy on the meta device."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .trainer import build_interventions
+
+    config = AutoConfig.from_pretrained(resolve_model_path(model))
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    build_interventions(skeleton, hparams)

@@ -512,3 +512,28 @@ def test_explain_reads_gates_even_while_interventions_are_disabled(edited, tok):
 def test_explain_needs_edits(tok):
     with pytest.raises(NoEditsError):
         explain(tiny_llama(), tok, "Water")
+
+
+def _png_size(path: Path) -> tuple:
+    data = path.read_bytes()
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_explain_on_a_long_prompt_reads_and_draws_only_its_last_tokens(edited, tok, tmp_path):
+    from easyedit_baft.explain import EXPLAIN_MAX_TOKENS, HEATMAP_MAX_TOKENS, shown_tokens
+
+    model, _ = edited
+    prompt = "x" * 3000 + REQUESTS[0]["prompt"]  # one token per byte with this tokenizer
+    explanation = explain(model, tok, prompt)
+    assert explanation.n_cut == len(prompt) - EXPLAIN_MAX_TOKENS
+    assert "".join(explanation.tokens) == prompt[-EXPLAIN_MAX_TOKENS:]
+    assert all(g.shape == (EXPLAIN_MAX_TOKENS, 4) for g in explanation.gates.values())
+    assert shown_tokens(explanation) == (HEATMAP_MAX_TOKENS, len(prompt))
+    short = render_heatmap(explain(model, tok, prompt[-HEATMAP_MAX_TOKENS:]), tmp_path / "short.png")
+    long = render_heatmap(explanation, tmp_path / "long.png")
+    assert _png_size(long)[0] == _png_size(short)[0]  # as wide as a prompt of HEATMAP_MAX_TOKENS tokens
+
+
+def test_explain_max_tokens_must_be_positive(edited, tok):
+    with pytest.raises(ValueError, match="max_tokens=0"):
+        explain(edited[0], tok, "Water", max_tokens=0)
