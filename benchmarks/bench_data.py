@@ -31,8 +31,9 @@ def _read_records(data_dir: Path, name: str, n: int) -> List[dict]:
     path = data_dir / DATA_FILES[name]
     if not path.is_file():
         raise FileNotFoundError(
-            f"data set {name!r}: {path} does not exist; pass --data-dir pointing at the folder "
-            f"that holds {DATA_FILES[name]}"
+            f"data set {name!r}: {path} does not exist; the benchmark sets are not shipped with the package: "
+            f"put {DATA_FILES[name]} under ../shared/data beside the repository (the default; "
+            f"easyedit_baft/data/PROVENANCE.md names its source), or pass --data-dir pointing at the folder that holds it"
         )
     records = json.loads(path.read_text(encoding="utf-8"))
     if n > len(records):
