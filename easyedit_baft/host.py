@@ -86,6 +86,9 @@ def import_host(retry: bool = False) -> Optional[ModuleType]:
         module = importlib.import_module(HOST_PACKAGE)
     except Exception as err:  # any failure of the host's own imports means "no usable host"
         _import_failed = True
+        # Drop the host modules that did load, so that a retry starts clean and meets the same error.
+        for name in [n for n in sys.modules if n == HOST_PACKAGE or n.startswith(HOST_PACKAGE + ".")]:
+            del sys.modules[name]
         _log_once(logging.WARNING, "EasyEdit (easyeditor) was found but does not import (%r); BaFT works "
                   "without it. Install EasyEdit's requirements into this environment "
                   "(docs/HOST_INTEGRATION.md) to use BaFT from BaseEditor", err)
