@@ -3,7 +3,7 @@
 A saved edit is a directory of two files:
 
     edits.safetensors   every intervention's tensors, named layers.{i}.{state_dict key}
-                        (the orthogonal parametrization's stored tensors and basis_usage included)
+                        (R, W, b, U, c of the trainable block, the frozen bases, basis_usage)
     edit_config.json    format version, the base model's identity, the BaFT hparams, the edit
                         log, edit_count, the replay memory, the sha256 of edits.safetensors, and
                         config_sha256: the sha256 of every other field of this file
@@ -369,15 +369,11 @@ def _check_tensor_shapes(expected: Dict[str, torch.Tensor], saved: Dict[str, tor
 def _make_room_for_saved(module, layer: int, tensors: Dict[str, torch.Tensor]) -> None:
     """Give a fresh intervention the frozen bases a grown one was saved with (grow_rank)."""
     frozen = tensors.get(_tensor_name(layer, FROZEN_BUFFERS[0]))
-    block = tensors.get(_tensor_name(layer, "source.weight"))
+    block = tensors.get(_tensor_name(layer, "source_weight"))
     if frozen is None or block is None or frozen.dim() != 2 or block.dim() != 2:
         return  # nothing grown, or malformed: the name and shape checks report it
-    n_frozen, block_rank = frozen.shape[0], block.shape[0]
-    if n_frozen + block_rank > module.hidden_size:
-        raise ArtifactError(
-            f"{WEIGHTS_NAME}: layer {layer} holds {n_frozen} frozen and {block_rank} trainable bases, more "
-            f"than the hidden size {module.hidden_size}; {RESAVE_HINT}")
-    module.make_room(n_frozen, block_rank)
+    if frozen.shape[0] > 0:  # a grown intervention; an ungrown one keeps the hparams' shape, checked below
+        module.make_room(frozen.shape[0], block.shape[0])
 
 
 def _rebuilt_interventions(model, hparams: BaFTHyperParams, tensors: Dict[str, torch.Tensor]) -> dict:

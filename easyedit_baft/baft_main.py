@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy as copy_module
 import logging
-import threading
 import time
 from typing import Any, List, Optional, Tuple
 
@@ -16,9 +15,6 @@ from .requests import validate_requests
 from .trainer import build_interventions, train_edit
 
 LOG = logging.getLogger(__name__)
-
-# Serialises use of torch's global RNG while interventions are built (see _fresh_interventions).
-_GLOBAL_RNG_LOCK = threading.Lock()
 
 # Fields that fix the shape of the interventions: later edits on the same model must agree.
 STRUCTURAL_FIELDS = ("layers", "rank", "gate")
@@ -38,31 +34,11 @@ class RestoreEdit:
             state.restore(self.snapshot)
 
 
-def _fresh_interventions(model, hparams: BaFTHyperParams):
-    """build_interventions with torch's global RNG seeded by hparams.seed, and left as it was.
-
-    parametrizations.orthogonal completes R to a square orthogonal matrix with torch.randn from the
-    global RNG, and that completion steers training: without this, an edit would depend on (and
-    advance) the caller's random state, and two threads editing at once would disturb each other.
-    """
-    with _GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(hparams.seed)
-        return build_interventions(model, hparams)
-
-
 def _grow(state: plumbing.BaFTState, hparams: BaFTHyperParams) -> None:
     """Freeze the bases earlier edits trained and give this edit hparams.grow_rank fresh ones."""
     generator = torch.Generator().manual_seed(hparams.seed + state.edit_count)
-    with _GLOBAL_RNG_LOCK:
-        for index, module in sorted(state.interventions.items()):
-            if module.rank + hparams.grow_rank <= module.hidden_size:
-                module.grow(hparams.grow_rank, generator)
-            elif not getattr(module, "warned_full", False):
-                # No room for more orthogonal bases: from here on, edits retrain the newest block.
-                LOG.warning("BaFT: layer %d holds %d bases of %d dimensions; grow_rank=%d no longer fits, so "
-                            "this and later edits retrain the newest %d bases and may overwrite their edits",
-                            index, module.rank, module.hidden_size, hparams.grow_rank, module.block_rank)
-                module.warned_full = True
+    for _, module in sorted(state.interventions.items()):
+        module.grow(hparams.grow_rank, generator)
 
 
 def _check_compatible(state: plumbing.BaFTState, hparams: BaFTHyperParams) -> None:
@@ -105,7 +81,7 @@ def apply_baft_to_model(
     state = plumbing.get_state(model)
     snapshot = None
     if state is None:
-        state = plumbing.attach(model, _fresh_interventions(model, hparams), hparams.to_dict())
+        state = plumbing.attach(model, build_interventions(model, hparams), hparams.to_dict())
     else:
         _check_compatible(state, hparams)
         snapshot = state.snapshot()

@@ -3,9 +3,10 @@
     Phi(h) = h + R^T ( g(h) * (W h + b - R h) )
     g(h)   = sigmoid( (U h + c) / tau ),  h RMS-normalised first when gate_input_norm is on
 
-R (r x d) has orthonormal rows. With g == 1 this is LoReFT (Wu et al., 2024).
-Continual editing may grow the rank: grow(k) freezes every basis so far and adds k trainable ones,
-orthogonal to the frozen ones, so later edits cannot overwrite what earlier edits wrote.
+R (r x d) has orthonormal rows within each block of bases. With g == 1 this is LoReFT (Wu et al., 2024).
+Continual editing grows the rank in blocks: grow(k) freezes every basis so far and adds k trainable ones,
+so later edits cannot overwrite what earlier edits wrote. Blocks are not orthogonal to one another:
+each block's update is computed from h itself, so blocks add up, and the gates keep them apart.
 This module is math only: it knows nothing of models, layers or training.
 """
 
@@ -15,11 +16,12 @@ from typing import Tuple
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrizations
 
 # Frozen bases (after grow), as buffers: R, W, b, U, c of every basis before the trainable block.
 FROZEN_BUFFERS = ("frozen_rotation", "frozen_source_weight", "frozen_source_bias",
                   "frozen_gate_weight", "frozen_gate_bias")
+# The trainable block's parameters, in the same order.
+BLOCK_PARAMETERS = ("rotation", "source_weight", "source_bias", "gate_weight", "gate_bias")
 
 
 def loreft(h: torch.Tensor, R: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -27,10 +29,11 @@ def loreft(h: torch.Tensor, R: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -
     return h + (h @ W.T + b - h @ R.T) @ R
 
 
-def orthogonal_complement(rows: torch.Tensor) -> torch.Tensor:
-    """Orthonormal rows spanning the space orthogonal to `rows` (m x d, orthonormal): (d - m) x d."""
-    _, _, vh = torch.linalg.svd(rows.double(), full_matrices=True)
-    return vh[rows.shape[0]:].to(rows.dtype)
+def orthonormal_rows(rows: torch.Tensor) -> torch.Tensor:
+    """The nearest matrix with orthonormal rows in the QR sense (signs fixed, so it is deterministic)."""
+    q, r = torch.linalg.qr(rows.double().T)
+    signs = torch.sign(torch.diagonal(r)).masked_fill(torch.diagonal(r) == 0, 1.0)
+    return (q * signs).T.to(rows.dtype)
 
 
 class BaFTIntervention(nn.Module):
@@ -55,51 +58,49 @@ class BaFTIntervention(nn.Module):
         self.gate_init_bias, self.gate_init_std = gate_init_bias, gate_init_std
         self.gate_input_norm = gate_input_norm
         self.n_frozen = 0  # bases frozen by grow(); the trainable block follows them
-        self._build_block(rank, None, generator)
+        for name in FROZEN_BUFFERS:
+            self.register_buffer(name, None)
+        self._set_frozen([torch.zeros(0, hidden_size), torch.zeros(0, hidden_size), torch.zeros(0),
+                          torch.zeros(0, hidden_size), torch.zeros(0)])
+        self._new_block(rank, generator)
         # How strongly past edits opened each basis (incremental load balancing).
         self.register_buffer("basis_usage", torch.zeros(rank))
         self.last_gates: torch.Tensor | None = None  # set while record_gates is on
         self.record_gates = False
 
-    def _build_block(self, rank: int, complement: torch.Tensor | None, generator: torch.Generator | None) -> None:
-        """A fresh trainable block of `rank` bases, inside the row space of `complement` (None: all of R^d)."""
-        # nn.Linear's default init and the parametrization draw from the global RNG: fork it, so that
-        # building (at the first edit, at grow, at load) neither depends on nor advances it.
-        with torch.random.fork_rng(devices=[]):
-            inner = self.hidden_size if complement is None else complement.shape[0]
-            rotation = nn.Linear(inner, rank, bias=False)
-            nn.init.orthogonal_(rotation.weight, generator=generator)
-            # The parametrization keeps R's rows orthonormal through every optimiser step; it completes
-            # R to a square matrix with the global RNG, so seed that from `generator`.
-            if generator is not None:
-                torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-            self.rotation = parametrizations.orthogonal(rotation)
-            self.source = nn.Linear(self.hidden_size, rank)  # W, b: the learned target coordinates
-            self.gate_proj = nn.Linear(self.hidden_size, rank)  # U, c: one gate per basis
-        if complement is not None:
-            # The block's R is Q @ complement: orthonormal rows, orthogonal to every frozen basis.
-            self.register_buffer("complement", complement)
-        self.block_rank = rank
-        with torch.no_grad():
-            # W = R and b = 0 make the update exactly zero: an untrained edit changes nothing.
-            self.source.weight.copy_(self.block_R)
-            self.source.bias.zero_()
-            self.gate_proj.weight.normal_(0.0, self.gate_init_std, generator=generator)
-            self.gate_proj.bias.fill_(self.gate_init_bias)
+    def _set_frozen(self, tensors) -> None:
+        for name, tensor in zip(FROZEN_BUFFERS, tensors):
+            setattr(self, name, tensor)
+        self.n_frozen = tensors[0].shape[0]
+
+    def _new_block(self, rank: int, generator: torch.Generator | None) -> None:
+        """A fresh trainable block of `rank` orthonormal bases whose update is exactly zero."""
+        d = self.hidden_size
+        if generator is None:  # placeholder values (a load overwrites them); leave the global RNG alone
+            generator = torch.Generator().manual_seed(0)
+        rotation = orthonormal_rows(torch.randn(rank, d, generator=generator))
+        gate_weight = torch.randn(rank, d, generator=generator) * self.gate_init_std
+        self.rotation = nn.Parameter(rotation)
+        # W = R and b = 0 make the update exactly zero: an untrained edit changes nothing.
+        self.source_weight = nn.Parameter(rotation.clone())
+        self.source_bias = nn.Parameter(torch.zeros(rank))
+        self.gate_weight = nn.Parameter(gate_weight)
+        self.gate_bias = nn.Parameter(torch.full((rank,), float(self.gate_init_bias)))
+
+    @property
+    def block_rank(self) -> int:
+        return self.rotation.shape[0]
 
     @property
     def rank(self) -> int:
         return self.n_frozen + self.block_rank
 
-    @property
-    def block_R(self) -> torch.Tensor:
-        """The trainable block's rows of R."""
-        complement = getattr(self, "complement", None)
-        return self.rotation.weight if complement is None else self.rotation.weight @ complement
+    def _block(self) -> Tuple[torch.Tensor, ...]:
+        return tuple(getattr(self, name) for name in BLOCK_PARAMETERS)
 
     def _bases(self, trainable_only: bool = False) -> Tuple[torch.Tensor, ...]:
         """R, W, b, U, c of the trainable block, or of every basis (frozen first)."""
-        block = (self.block_R, self.source.weight, self.source.bias, self.gate_proj.weight, self.gate_proj.bias)
+        block = self._block()
         if self.n_frozen == 0 or trainable_only:
             return block
         frozen = [getattr(self, name) for name in FROZEN_BUFFERS]
@@ -121,7 +122,7 @@ class BaFTIntervention(nn.Module):
     def gates(self, h: torch.Tensor, trainable_only: bool = False) -> torch.Tensor:
         """g(h) in (0, 1)^r for every position of h (..., d); trainable_only: the trainable block's."""
         _, _, _, U, c = self._bases(trainable_only)
-        return self._gates(h, U, c)
+        return self._gates(h.to(torch.float32), U, c)
 
     def change(self, h: torch.Tensor, record: bool = False, trainable_only: bool = False) -> torch.Tensor:
         """Phi(h) - h in float32: R^T (g(h) * (W h + b - R h)); trainable_only: the trainable block's part."""
@@ -138,38 +139,45 @@ class BaFTIntervention(nn.Module):
         return (h.to(torch.float32) + self.change(h, record=self.record_gates)).to(h.dtype)
 
     @torch.no_grad()
+    def retract(self) -> None:
+        """Put the trainable block's R back on orthonormal rows (the optimiser moves it freely)."""
+        self.rotation.copy_(orthonormal_rows(self.rotation))
+
+    @torch.no_grad()
     def grow(self, rank: int, generator: torch.Generator | None = None) -> None:
-        """Freeze every basis so far and add `rank` trainable ones orthogonal to them (identity at init)."""
-        if self.rank + rank > self.hidden_size:
-            raise ValueError(
-                f"grow_rank={rank}: {self.rank} bases are in use and the hidden size is {self.hidden_size}; "
-                "use a smaller grow_rank, or fewer sequential edits per model")
-        frozen = [t.detach().clone() for t in self._bases()]
-        device = frozen[0].device
-        self.make_room(self.rank, rank, generator, orthogonal_complement(frozen[0]))
-        for name, tensor in zip(FROZEN_BUFFERS, frozen):
-            getattr(self, name).copy_(tensor)
+        """Freeze every basis so far and add `rank` fresh trainable ones (identity at init)."""
+        device = self.rotation.device
+        self._set_frozen([t.detach().clone() for t in self._bases()])
+        for name in BLOCK_PARAMETERS:
+            delattr(self, name)
+        self._new_block(rank, generator)
+        self.basis_usage = torch.cat([self.basis_usage, torch.zeros(rank, device=self.basis_usage.device)])
         self.to(device)
 
-    def make_room(self, n_frozen: int, block_rank: int, generator: torch.Generator | None = None,
-                  complement: torch.Tensor | None = None) -> None:
-        """Shape the module for n_frozen frozen bases and a fresh block (values are set by the caller)."""
+    def snapshot(self) -> dict:
+        """What an edit may change, to undo it: the block and the usage are copied, the frozen
+        tensors only referenced (grow replaces them, nothing writes into them)."""
+        return {"frozen": [getattr(self, name) for name in FROZEN_BUFFERS],
+                "block": [t.detach().clone() for t in self._block()],
+                "basis_usage": self.basis_usage.clone()}
+
+    @torch.no_grad()
+    def restore(self, snap: dict) -> None:
+        self._set_frozen(snap["frozen"])
+        for name, tensor in zip(BLOCK_PARAMETERS, snap["block"]):
+            setattr(self, name, nn.Parameter(tensor.clone()))
+        self.basis_usage = snap["basis_usage"].clone()
+
+    def make_room(self, n_frozen: int, block_rank: int) -> None:
+        """Shape the module for n_frozen frozen bases and a block of block_rank (values set by the caller)."""
         d = self.hidden_size
-        if generator is None:  # placeholder values (a load overwrites them); leave the global RNG alone
-            generator = torch.Generator().manual_seed(0)
-        if complement is None:
-            complement = torch.zeros(d - n_frozen, d)
-        shapes = ((n_frozen, d), (n_frozen, d), (n_frozen,), (n_frozen, d), (n_frozen,))
-        for name, shape in zip(FROZEN_BUFFERS, shapes):
-            self.register_buffer(name, torch.zeros(shape))
-        usage = torch.zeros(n_frozen + block_rank)
-        usage[: min(len(self.basis_usage), len(usage))] = self.basis_usage[: len(usage)]
-        self.basis_usage = usage
-        self.n_frozen = n_frozen
-        del self.rotation, self.source, self.gate_proj
-        self._build_block(block_rank, complement.to(torch.float32), generator)
+        self._set_frozen([torch.zeros(n_frozen, d), torch.zeros(n_frozen, d), torch.zeros(n_frozen),
+                          torch.zeros(n_frozen, d), torch.zeros(n_frozen)])
+        for name in BLOCK_PARAMETERS:
+            delattr(self, name)
+        self._new_block(block_rank, None)
+        self.basis_usage = torch.zeros(n_frozen + block_rank)
 
     def num_parameters(self) -> int:
-        """Trainable numbers: R (through its r x d' rotation), W and U (r x d each), b and c (r each)."""
-        inner = self.rotation.weight.shape[1]
-        return self.block_rank * inner + 2 * self.block_rank * self.hidden_size + 2 * self.block_rank
+        """Trainable numbers: R, W and U (r x d each), b and c (r each)."""
+        return 3 * self.block_rank * self.hidden_size + 2 * self.block_rank

@@ -7,7 +7,6 @@ models in one process never share edits.
 from __future__ import annotations
 
 import contextlib
-import copy
 from typing import Dict, Iterator, List, Optional
 
 import torch
@@ -88,21 +87,21 @@ class BaFTState:
         self.enabled = True
 
     def snapshot(self) -> dict:
-        """A deep copy of everything an edit may change, to undo it exactly."""
+        """Everything an edit may change, to undo it exactly; its cost does not grow with past edits."""
         return {
-            # Whole modules, not state_dicts: an edit may grow them (grow_rank), changing their shapes.
-            "interventions": {i: copy.deepcopy(m) for i, m in self.interventions.items()},
-            "edit_log": copy.deepcopy(self.edit_log),
+            "interventions": {i: m.snapshot() for i, m in self.interventions.items()},
+            # The log and the replay memory only grow: their lengths undo an edit.
+            "edit_log": len(self.edit_log),
             "edit_count": self.edit_count,
-            "replay_memory": list(self.replay_memory),
+            "replay_memory": len(self.replay_memory),
         }
 
     def restore(self, snap: dict) -> None:
-        for i, module in snap["interventions"].items():
-            self.interventions[i] = copy.deepcopy(module)
-        self.edit_log = copy.deepcopy(snap["edit_log"])
+        for i, module_snap in snap["interventions"].items():
+            self.interventions[i].restore(module_snap)
+        del self.edit_log[snap["edit_log"]:]
         self.edit_count = snap["edit_count"]
-        self.replay_memory = list(snap["replay_memory"])
+        del self.replay_memory[snap["replay_memory"]:]
 
 
 class _InterventionHook:

@@ -3,15 +3,20 @@
     L = L_edit + lambda_loc * (unrelated_change + kl_weight * KL) + lambda_lb * L_lb
 
 Only the interventions' parameters train; the model stays frozen and its .grad untouched.
+Three parts: build_batch (rows and cached states), loss_terms (one forward above the intervened
+layer, the named terms) and train_edit (a short loop). The locality terms read states captured
+at the intervened layer, so they cost no forward pass above it.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import random
 import time
-from dataclasses import dataclass
-from typing import Dict, List
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -29,20 +34,52 @@ class NonFiniteError(FloatingPointError):
 
 @dataclass
 class EditReport:
-    steps: int
+    steps: int  # forward passes above the intervened layer
     seconds: float
     final_loss: float
     edit_loss: float
     holds: bool  # every target token that early stop waits for is the argmax
     unrelated_change: float = math.nan  # the locality penalty on unrelated prompts (nan: none were used)
+    rows: int = 0  # rows in each forward pass
+    tokens: int = 0  # real tokens in each forward pass
+    seconds_by_phase: Dict[str, float] = field(default_factory=dict)
+
+
+class RowKind(enum.Enum):
+    EDIT = "edit"  # a request's prompt and target
+    CONTEXT = "context"  # the same after a short neutral prefix
+    REPLAY = "replay"  # an earlier edit's prompt and target, trained again
+    UNRELATED = "unrelated"  # must stay as it was; scored at the intervened layer
 
 
 @dataclass
 class _Row:
     ids: List[int]
     n_prompt: int  # positions before this are context; the target starts here
-    kind: str  # 'edit', 'context' (edit after a prefix), 'replay' or 'unrelated'
-    request: int = -1  # index into this call's requests, for edit rows
+    kind: RowKind
+    cacheable: bool = False  # its states at the intervened layer may be reused by later edits
+
+
+class _Timer:
+    """Seconds spent per named phase of one edit."""
+
+    def __init__(self):
+        self.seconds: Dict[str, float] = {}
+
+    def __call__(self, phase: str):
+        timer = self
+
+        class _Span:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *_):
+                timer.seconds[phase] = timer.seconds.get(phase, 0.0) + time.perf_counter() - self.start
+
+        return _Span()
+
+
+# --- building the batch ----------------------------------------------------------------------
 
 
 def _edit_rows(tok, requests: List[dict], hp: BaFTHyperParams, rng: random.Random) -> List[_Row]:
@@ -51,32 +88,158 @@ def _edit_rows(tok, requests: List[dict], hp: BaFTHyperParams, rng: random.Rando
     for i, request in enumerate(requests):
         where = f"request {i} (prompt {request['prompt']!r:.60})"
         ids, n_prompt = target_token_ids(tok, request["prompt"], request["target_new"], hp.max_length, where)
-        rows.append(_Row(ids, n_prompt, "edit", i))
+        rows.append(_Row(ids, n_prompt, RowKind.EDIT))
         for prefix in prefixes:
             ids, n_prompt = target_token_ids(
                 tok, f"{prefix} {request['prompt']}", request["target_new"], hp.max_length + 16, where
             )
-            rows.append(_Row(ids, n_prompt, "context", i))
+            rows.append(_Row(ids, n_prompt, RowKind.CONTEXT))
     return rows
 
 
 def _unrelated_rows(tok, requests: List[dict], hp: BaFTHyperParams, rng: random.Random) -> List[_Row]:
     pool = unrelated_prompts(hp.locality_source)
-    chosen = rng.sample(pool, min(hp.n_locality_prompts, len(pool)))
+    chosen = [(text, True) for text in rng.sample(pool, min(hp.n_locality_prompts, len(pool)))]
     # WISE's convention: the caller may pass its own unrelated prompt with each request.
-    chosen += [r["loc_prompt"] for r in requests if r.get("loc_prompt")]
+    chosen += [(r["loc_prompt"], False) for r in requests if r.get("loc_prompt")]
     for request in requests:
-        chosen += subject_swapped_prompts(request["prompt"], request.get("subject"), hp.n_subject_swaps, rng)
+        swapped = subject_swapped_prompts(request["prompt"], request.get("subject"), hp.n_subject_swaps, rng)
+        chosen += [(text, False) for text in swapped]
     rows = []
-    for text in chosen:
-        ids = tok(text)["input_ids"][-hp.max_length :]
+    for text, cacheable in chosen:
+        ids = tok(text)["input_ids"][-hp.max_length:]
         if ids:
-            rows.append(_Row(ids, len(ids), "unrelated"))
+            rows.append(_Row(ids, len(ids), RowKind.UNRELATED, cacheable))
     return rows
 
 
 def _input_device(model) -> torch.device:
     return model.get_input_embeddings().weight.device
+
+
+STATE_CACHE_ATTR = "_baft_state_cache"
+STATE_CACHE_SIZE = 4096  # rows; about 35 KB each at d=576, so the cache stays under ~150 MB
+
+
+def _weights_version(model) -> tuple:
+    """Changes whenever any weight of the model is replaced or written in place."""
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+def _states_at_interventions(model, indices: List[int], rows: List[_Row], device) -> Dict[int, List[torch.Tensor]]:
+    """Each row's pre-edit hidden states at each intervened layer, (len(ids), d) per row.
+
+    Pre-edit: the interventions are off, so the states depend on the base model only (exact for
+    one intervened layer; for several, upper layers see their unedited inputs). Rows marked
+    cacheable (pool prompts, earlier edits) are kept on the model for later edits, until any weight
+    of the model changes.
+    """
+    cache = model.__dict__.get(STATE_CACHE_ATTR)
+    version = (tuple(indices), _weights_version(model))
+    if cache is None or cache["version"] != version:
+        cache = {"version": version, "states": OrderedDict()}
+        model.__dict__[STATE_CACHE_ATTR] = cache
+    states = cache["states"]
+    missing = [r for r in rows if not (r.cacheable and tuple(r.ids) in states)]
+    fresh: Dict[int, Dict[int, torch.Tensor]] = {}
+    if missing:
+        batch = pad_rows([r.ids for r in missing], [len(r.ids) for r in missing], pad_id=0).to(device)
+        with plumbing.interventions_disabled(model):
+            captured = plumbing.capture_intervention_inputs(
+                model, indices, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        fresh = {id(r): {i: captured[i][k, : len(r.ids)] for i in indices} for k, r in enumerate(missing)}
+    out: Dict[int, List[torch.Tensor]] = {i: [] for i in indices}
+    for r in rows:
+        key = tuple(r.ids)
+        per_layer = fresh.get(id(r))
+        if per_layer is None:
+            per_layer = states[key]
+            states.move_to_end(key)
+        elif r.cacheable:
+            states[key] = per_layer
+            if len(states) > STATE_CACHE_SIZE:
+                states.popitem(last=False)
+        for i in indices:
+            out[i].append(per_layer[i])
+    return out
+
+
+def _pad_states(states: List[torch.Tensor]) -> tuple:
+    """(B, T, d) zero-padded states and their (B, T) mask."""
+    width = max(s.shape[0] for s in states)
+    padded = states[0].new_zeros(len(states), width, states[0].shape[-1])
+    mask = torch.zeros(len(states), width, dtype=torch.bool, device=states[0].device)
+    for k, s in enumerate(states):
+        padded[k, : s.shape[0]], mask[k, : s.shape[0]] = s, True
+    return padded, mask
+
+
+@dataclass
+class EditBatch:
+    """Everything the loss reads, built once per edit."""
+
+    rows: List[_Row]
+    tokens: object  # TokenizedBatch of the rows that run through the model
+    scored: torch.Tensor  # (B,) rows whose target tokens train
+    must_hold: torch.Tensor  # (B,) rows early stop waits for
+    target_pos: torch.Tensor  # (B, T-1) next-token positions that train
+    layer_input: torch.Tensor  # inputs of the lowest intervened layer: the frozen layers below run once
+    unrelated_states: Optional[Dict[int, torch.Tensor]]  # per layer, (U, T, d), held unchanged there
+    unrelated_mask: Optional[torch.Tensor]
+    reference: Optional[torch.Tensor]  # pre-edit log-probs at unrelated positions, for the KL term
+    unrelated_pos: Optional[torch.Tensor]
+
+
+def _row_mask(rows: List[_Row], kinds, device) -> torch.Tensor:
+    return torch.tensor([r.kind in kinds for r in rows], device=device)
+
+
+def build_batch(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plumbing.BaFTState,
+                indices: List[int], rng: random.Random) -> EditBatch:
+    device = _input_device(model)
+    rows = _edit_rows(tok, requests, hp, rng)
+    replayed = rng.sample(state.replay_memory, min(hp.replay_edits, len(state.replay_memory)))
+    unrelated = _unrelated_rows(tok, requests, hp, rng)
+    # After grow, earlier edits live in frozen bases: the fresh block only has to leave their
+    # prompts alone, which replay_at_layer checks at the layer. Sharing bases, they train again.
+    held_at_layer = hp.replay_at_layer and hp.grow_rank > 0 and state.edit_count > 0
+    for m in replayed:
+        kind = RowKind.UNRELATED if held_at_layer else RowKind.REPLAY
+        row = _Row(list(m["ids"]), m["n_prompt"], kind, cacheable=True)
+        (unrelated if held_at_layer else rows).append(row)
+    use_kl = hp.lambda_loc > 0 and hp.kl_weight > 0 and bool(unrelated)
+    forward_rows = rows + (unrelated if use_kl else [])  # the KL term needs their full forward pass
+
+    tokens = pad_rows([r.ids for r in forward_rows], [r.n_prompt for r in forward_rows], pad_id_of(tok)).to(device)
+    scored = _row_mask(forward_rows, (RowKind.EDIT, RowKind.CONTEXT, RowKind.REPLAY), device)
+    # Early stop waits for this call's edits, and for replayed ones only when asked: waiting for
+    # replays ran late sequential edits to the step cap (20 ZsRE edits: 23 s vs 13 s per edit).
+    hold_kinds = (RowKind.EDIT, RowKind.REPLAY) if hp.early_stop_waits_for_replay else (RowKind.EDIT,)
+    must_hold = _row_mask(forward_rows, hold_kinds, device)
+    target_pos = (tokens.labels[:, 1:] != -100) & scored[:, None]
+
+    with torch.no_grad():
+        layer_input = plumbing.capture_layer_input(model, indices[0], input_ids=tokens.input_ids,
+                                                   attention_mask=tokens.attention_mask)
+        reference = unrelated_pos = None
+        if use_kl:
+            unrelated_pos = tokens.attention_mask[:, 1:].bool() & _row_mask(forward_rows, (RowKind.UNRELATED,), device)[:, None]
+            hidden = model.base_model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
+                                      use_cache=False).last_hidden_state[:, :-1]
+            reference = F.log_softmax(model.get_output_embeddings()(hidden[unrelated_pos]).float(), -1)
+        unrelated_states = unrelated_mask = None
+        # With gate='ones' (ReFT) only the change penalty is meaningful; the gate mean is constant.
+        if unrelated and hp.lambda_loc > 0 and not (hp.gate == "ones" and hp.locality_penalty == "gate_mean"):
+            per_layer = _states_at_interventions(model, indices, unrelated, device)
+            unrelated_states = {}
+            for i in indices:
+                unrelated_states[i], unrelated_mask = _pad_states(per_layer[i])
+            unrelated_states = {i: s.float() for i, s in unrelated_states.items()}
+    return EditBatch(forward_rows, tokens, scored, must_hold, target_pos, layer_input,
+                     unrelated_states, unrelated_mask, reference, unrelated_pos)
+
+
+# --- the loss --------------------------------------------------------------------------------
 
 
 def _gate_mean(gates: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -104,6 +267,14 @@ def _locality_penalty(module: plumbing.BaFTIntervention, states: torch.Tensor, m
     return _gate_peak(relative.unsqueeze(-1), mask).mean()
 
 
+def unrelated_change(batch: EditBatch, modules: Dict[int, plumbing.BaFTIntervention], hp: BaFTHyperParams):
+    """The locality penalty, averaged over intervened layers (None when no unrelated states)."""
+    if batch.unrelated_states is None:
+        return None
+    return torch.stack([_locality_penalty(m, batch.unrelated_states[i], batch.unrelated_mask, hp.locality_penalty)
+                        for i, m in modules.items()]).mean()
+
+
 def _load_balance(module: plumbing.BaFTIntervention, edit_gates: torch.Tensor, edit_count: int) -> torch.Tensor:
     """Incremental term (pay for bases past edits use) plus a Switch-style term within a batch."""
     prior = module.basis_usage / max(edit_count, 1)
@@ -114,128 +285,108 @@ def _load_balance(module: plumbing.BaFTIntervention, edit_gates: torch.Tensor, e
     return loss
 
 
-def _batch_mask(rows: List[_Row], kinds, device) -> torch.Tensor:
-    return torch.tensor([r.kind in kinds for r in rows], device=device)
+def _edit_gates(module: plumbing.BaFTIntervention, batch: EditBatch) -> torch.Tensor:
+    """Mean gates of this call's edit rows in the last forward pass, (n_requests, r)."""
+    edit_rows = [k for k, r in enumerate(batch.rows) if r.kind is RowKind.EDIT]
+    return _gate_mean(module.last_gates, batch.tokens.attention_mask)[edit_rows]
+
+
+def loss_terms(model, batch: EditBatch, modules: Dict[int, plumbing.BaFTIntervention], hp: BaFTHyperParams,
+               edit_count: int, timer: _Timer) -> tuple:
+    """One forward pass above the intervened layer: (named loss terms, does the edit hold)."""
+    tokens = batch.tokens
+    with timer("forward"):
+        hidden = model.base_model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
+                                  use_cache=False).last_hidden_state[:, :-1]
+    head = model.get_output_embeddings()
+    terms = {}
+    with timer("loss_edit"):
+        target_logits = head(hidden[batch.target_pos]).float()
+        target_ids = tokens.labels[:, 1:][batch.target_pos]
+        token_nll = F.cross_entropy(target_logits, target_ids, reduction="none")
+        # Mean per row first, so long targets do not outweigh short ones.
+        row_of = batch.target_pos.nonzero()[:, 0]
+        n_rows = tokens.input_ids.shape[0]
+        row_nll = torch.zeros(n_rows, device=hidden.device).index_add(0, row_of, token_nll)
+        row_len = torch.zeros(n_rows, device=hidden.device).index_add(0, row_of, torch.ones_like(token_nll))
+        terms["edit"] = (row_nll[batch.scored] / row_len[batch.scored].clamp_min(1)).mean()
+    with timer("stop_test"):
+        holds = bool((target_logits.argmax(-1) == target_ids)[batch.must_hold[row_of]].all())
+    with timer("loss_locality"):
+        change = unrelated_change(batch, modules, hp)
+        if change is not None:
+            terms["locality"] = hp.lambda_loc * change
+    if batch.reference is not None:
+        with timer("loss_kl"):
+            current = F.log_softmax(head(hidden[batch.unrelated_pos]).float(), -1)
+            kl = F.kl_div(current, batch.reference, log_target=True, reduction="batchmean")
+            terms["kl"] = hp.lambda_loc * hp.kl_weight * kl
+    if hp.lambda_lb > 0 and hp.gate == "learned":
+        with timer("loss_load_balance"):
+            terms["load_balance"] = hp.lambda_lb * torch.stack(
+                [_load_balance(m, _edit_gates(m, batch), edit_count) for m in modules.values()]).mean()
+    return terms, holds, (change.item() if change is not None else math.nan)
+
+
+# --- the loop --------------------------------------------------------------------------------
 
 
 def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plumbing.BaFTState) -> EditReport:
     """Fit the interventions in `state` so that `requests` hold; edits before stay in place."""
-    start = time.perf_counter()
+    start, timer = time.perf_counter(), _Timer()
     rng = random.Random(hp.seed + state.edit_count)
-    new_rows = _edit_rows(tok, requests, hp, rng)
-    replayed = rng.sample(state.replay_memory, min(hp.replay_edits, len(state.replay_memory)))
-    rows = new_rows + [_Row(list(m["ids"]), m["n_prompt"], "replay") for m in replayed]
-    unrelated_rows = _unrelated_rows(tok, requests, hp, rng)
-    use_kl = hp.lambda_loc > 0 and hp.kl_weight > 0 and bool(unrelated_rows)
-    if use_kl:  # the KL term needs the unrelated prompts' full forward pass; the gate term does not
-        rows += unrelated_rows
-
-    device = _input_device(model)
-    pad_id = pad_id_of(tok)
-    batch = pad_rows([r.ids for r in rows], [r.n_prompt for r in rows], pad_id).to(device)
-    scored = _batch_mask(rows, ("edit", "context", "replay"), device)
-    # Early stop waits for this call's edits, and for replayed ones only when asked: waiting for
-    # replays ran late sequential edits to the step cap (20 ZsRE edits: 23 s vs 13 s per edit).
-    must_hold = _batch_mask(rows, ("edit", "replay") if hp.early_stop_waits_for_replay else ("edit",), device)
-    edit_main = [i for i, r in enumerate(rows) if r.kind == "edit"]
-
-    # Next-token positions that train: targets of scored rows; every position of unrelated rows.
-    shift_labels = batch.labels[:, 1:]
-    target_pos = (shift_labels != -100) & scored[:, None]
-    unrelated_pos = batch.attention_mask[:, 1:].bool() & _batch_mask(rows, ("unrelated",), device)[:, None]
-
-    base_model, head = model.base_model, model.get_output_embeddings()
     indices = sorted(state.interventions)
-    modules = [state.interventions[i] for i in indices]
-    params = [p for m in modules for p in m.parameters()]
-
-    def hidden_states():
-        out = base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        return out.last_hidden_state[:, :-1]
-
-    with torch.no_grad():
-        cached = plumbing.capture_layer_input(model, indices[0], input_ids=batch.input_ids,
-                                              attention_mask=batch.attention_mask)
-        reference = F.log_softmax(head(hidden_states()[unrelated_pos]).float(), -1) if use_kl else None
-        unrelated_states = None
-        # With gate='ones' (ReFT) only the change penalty is meaningful; the gate mean is constant.
-        if unrelated_rows and hp.lambda_loc > 0 and not (hp.gate == "ones" and hp.locality_penalty == "gate_mean"):
-            loc = pad_rows([r.ids for r in unrelated_rows], [len(r.ids) for r in unrelated_rows], pad_id).to(device)
-            # What each gate sees on unrelated prompts (exact for one layer; pre-edit below for several).
-            unrelated_states = plumbing.capture_intervention_inputs(
-                model, indices, input_ids=loc.input_ids, attention_mask=loc.attention_mask)
-            loc_mask = loc.attention_mask
-
+    modules = {i: state.interventions[i] for i in indices}
+    with timer("setup"):
+        batch = build_batch(model, tok, requests, hp, state, indices, rng)
+    params = [p for m in modules.values() for p in m.parameters()]
     optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
     was_training = model.training
     model.eval()
-    for m in modules:
+    for m in modules.values():
         m.record_gates = True
     report = EditReport(0, 0.0, math.nan, math.nan, False)
     try:
-        with plumbing.reuse_layer_input(model, indices[0], cached):
+        with plumbing.reuse_layer_input(model, indices[0], batch.layer_input):
             for step in tqdm(range(hp.n_steps), desc="BaFT edit", leave=False, disable=None):
                 with torch.enable_grad():
-                    hidden = hidden_states()
-                    target_logits = head(hidden[target_pos]).float()
-                    target_ids = shift_labels[target_pos]
-                    token_nll = F.cross_entropy(target_logits, target_ids, reduction="none")
-                    # Mean per row first, so long targets do not outweigh short ones.
-                    row_of = target_pos.nonzero()[:, 0]
-                    row_nll = torch.zeros(len(rows), device=device).index_add(0, row_of, token_nll)
-                    row_len = torch.zeros(len(rows), device=device).index_add(0, row_of, torch.ones_like(token_nll))
-                    edit_loss = (row_nll[scored] / row_len[scored].clamp_min(1)).mean()
-                    holds = bool((target_logits.argmax(-1) == target_ids)[must_hold[row_of]].all())
-                    loss = edit_loss
-
-                    if unrelated_states is not None:
-                        terms = [_locality_penalty(m, unrelated_states[i].float(), loc_mask, hp.locality_penalty)
-                                 for i, m in zip(indices, modules)]
-                        unrelated_change = torch.stack(terms).mean()
-                        loss = loss + hp.lambda_loc * unrelated_change
-                    if reference is not None:
-                        current = F.log_softmax(head(hidden[unrelated_pos]).float(), -1)
-                        kl = F.kl_div(current, reference, log_target=True, reduction="batchmean")
-                        loss = loss + hp.lambda_loc * hp.kl_weight * kl
-                    if hp.lambda_lb > 0 and hp.gate == "learned":
-                        lb = torch.stack([
-                            _load_balance(m, _gate_mean(m.last_gates, batch.attention_mask)[edit_main], state.edit_count)
-                            for m in modules]).mean()
-                        loss = loss + hp.lambda_lb * lb
-
-                    if not torch.isfinite(loss) or any(not torch.isfinite(m.last_gates).all() for m in modules):
+                    terms, holds, unrelated = loss_terms(model, batch, modules, hp, state.edit_count, timer)
+                    loss = sum(terms.values())
+                    if not torch.isfinite(loss) or any(not torch.isfinite(m.last_gates).all() for m in modules.values()):
                         raise NonFiniteError(
                             f"non-finite loss or gates at step {step} while editing "
                             f"{[r['prompt'] for r in requests]!r:.200}; lower lr (now {hp.lr}) or check the model's dtype")
-                    unrelated = unrelated_change.item() if unrelated_states is not None else math.nan
-                    report = EditReport(step, 0.0, loss.item(), edit_loss.item(), holds, unrelated)
+                    report = EditReport(step + 1, 0.0, loss.item(), terms["edit"].item(), holds, unrelated)
                     edit_done = (hp.early_stop == "argmax" and holds) or (
-                        hp.early_stop == "loss" and edit_loss.item() < hp.early_stop_loss)
-                    local_enough = (hp.early_stop_locality is None or unrelated_states is None
-                                    or unrelated <= hp.early_stop_locality)
+                        hp.early_stop == "loss" and report.edit_loss < hp.early_stop_loss)
+                    local_enough = hp.early_stop_locality is None or math.isnan(unrelated) \
+                        or unrelated <= hp.early_stop_locality
                     if edit_done and local_enough:
                         break
-                    grads = torch.autograd.grad(loss, params, allow_unused=True)
-                for p, g in zip(params, grads):
-                    p.grad = g
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                report.steps = hp.n_steps
+                    with timer("backward"):
+                        grads = torch.autograd.grad(loss, params, allow_unused=True)
+                with timer("optimizer"):
+                    for p, g in zip(params, grads):
+                        p.grad = g
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    for m in modules.values():
+                        m.retract()
         # Record which bases this edit opens (gates of the last forward), for later edits' balancing.
         with torch.no_grad():
-            for m in modules:
-                opened = _gate_mean(m.last_gates.detach(), batch.attention_mask)[edit_main].sum(0)
-                m.basis_usage += opened.to(m.basis_usage.device)
+            for m in modules.values():
+                m.basis_usage += _edit_gates(m, batch).detach().sum(0).to(m.basis_usage.device)
     finally:
-        for m in modules:
+        for m in modules.values():
             m.record_gates, m.last_gates = False, None
         model.train(was_training)
 
-    for r in new_rows:
-        if r.kind == "edit":
+    for r in batch.rows:
+        if r.kind is RowKind.EDIT:
             state.replay_memory.append({"ids": tuple(r.ids), "n_prompt": r.n_prompt})
+    report.rows, report.tokens = batch.tokens.input_ids.shape[0], int(batch.tokens.attention_mask.sum())
     report.seconds = time.perf_counter() - start
+    report.seconds_by_phase = timer.seconds
     return report
 
 

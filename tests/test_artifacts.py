@@ -145,8 +145,8 @@ def test_save_writes_two_files_and_config_fields(edited):
     assert config["weights_sha256"] == hashlib.sha256((directory / WEIGHTS_NAME).read_bytes()).hexdigest()
     assert config["config_sha256"] == artifacts.config_checksum(config)
     names = set(load_file(directory / WEIGHTS_NAME))
-    assert {"layers.1.basis_usage", "layers.2.rotation.parametrizations.weight.original",
-            "layers.2.rotation.parametrizations.weight.0.base"} <= names
+    assert {"layers.1.basis_usage", "layers.2.rotation", "layers.2.source_weight", "layers.2.gate_bias",
+            "layers.2.frozen_rotation"} <= names
 
 
 def test_load_on_fresh_model_gives_bit_identical_logits(edited, tok):
@@ -248,11 +248,11 @@ def _truncate_and_fix_checksum(directory: Path):
 
 
 def _reshape_tensor(tensors):
-    tensors["layers.1.source.weight"] = tensors["layers.1.source.weight"][:, :32].contiguous()
+    tensors["layers.1.source_weight"] = tensors["layers.1.source_weight"][:, :32].contiguous()
 
 
 def _add_tensor(tensors):
-    tensors["layers.3.source.bias"] = torch.zeros(4)
+    tensors["layers.3.source_bias"] = torch.zeros(4)
 
 
 def _drop_tensor(tensors):
@@ -260,7 +260,7 @@ def _drop_tensor(tensors):
 
 
 def _half_precision(tensors):
-    tensors["layers.1.gate_proj.bias"] = tensors["layers.1.gate_proj.bias"].half()
+    tensors["layers.1.gate_bias"] = tensors["layers.1.gate_bias"].half()
 
 
 DAMAGED_ARTIFACTS = {
@@ -281,7 +281,7 @@ DAMAGED_ARTIFACTS = {
     "config replay memory malformed": (_edit_config(_set(("replay_memory",), [{"ids": "abc"}])), "replay_memory"),
     "config checksum missing": (_edit_config(lambda c: c.pop("weights_sha256")), "weights_sha256"),
     "config base model missing": (_edit_config(lambda c: c.pop("base_model")), "base_model"),
-    "tensor wrong shape": (lambda d: rewrite_weights(d, _reshape_tensor), "layers.1.source.weight"),
+    "tensor wrong shape": (lambda d: rewrite_weights(d, _reshape_tensor), "layers.1.source_weight"),
     "tensor extra": (lambda d: rewrite_weights(d, _add_tensor), "unexpected tensors"),
     "tensor missing": (lambda d: rewrite_weights(d, _drop_tensor), "missing tensors"),
     "tensor wrong dtype": (lambda d: rewrite_weights(d, _half_precision), "float16"),

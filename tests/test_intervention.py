@@ -53,14 +53,14 @@ def test_fresh_intervention_is_exactly_identity_even_with_random_gates():
 def test_gate_ones_equals_the_loreft_function():
     module = randomised(BaFTIntervention(D, R_, gate_mode="ones"))
     h = hidden(3, 7, D)
-    expected = loreft(h, module.R, module.source.weight, module.source.bias)
+    expected = loreft(h, module.R, module.source_weight, module.source_bias)
     torch.testing.assert_close(module(h), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_gate_ones_equals_loreft_written_from_the_paper():
     module = randomised(BaFTIntervention(D, R_, gate_mode="ones"))
     h = hidden(3, 7, D).double()
-    R, W, b = (t.detach().double() for t in (module.R, module.source.weight, module.source.bias))
+    R, W, b = (t.detach().double() for t in (module.R, module.source_weight, module.source_bias))
     # Phi(h) = h + R^T (W h + b - R h), one column vector h at a time.
     expected = torch.stack([
         torch.stack([h[i, j] + R.T @ (W @ h[i, j] + b - R @ h[i, j]) for j in range(h.shape[1])])
@@ -74,7 +74,7 @@ def test_learned_gate_update_matches_the_baft_formula():
     module = randomised(BaFTIntervention(D, R_, temperature=tau, gate_input_norm=True))
     h = hidden(2, 6, D).double() * 30.0  # large norms: the gate reads h / rms(h)
     R, W, b, U, c = (t.detach().double() for t in (
-        module.R, module.source.weight, module.source.bias, module.gate_proj.weight, module.gate_proj.bias))
+        module.R, module.source_weight, module.source_bias, module.gate_weight, module.gate_bias))
     expected = torch.empty_like(h)
     for i in range(h.shape[0]):
         for j in range(h.shape[1]):
@@ -88,10 +88,10 @@ def test_learned_gate_update_matches_the_baft_formula():
 def test_constant_saturated_gates_reduce_to_loreft():
     module = randomised(BaFTIntervention(D, R_))
     with torch.no_grad():
-        module.gate_proj.weight.zero_()
-        module.gate_proj.bias.fill_(40.0)  # sigmoid(40) == 1 in float32
+        module.gate_weight.zero_()
+        module.gate_bias.fill_(40.0)  # sigmoid(40) == 1 in float32
     h = hidden(2, 4, D)
-    torch.testing.assert_close(module(h), loreft(h, module.R, module.source.weight, module.source.bias))
+    torch.testing.assert_close(module(h), loreft(h, module.R, module.source_weight, module.source_bias))
 
 
 def test_gates_are_in_unit_interval_one_per_basis():

@@ -1,4 +1,4 @@
-"""grow_rank: later edits train fresh bases, orthogonal to the frozen bases of earlier edits."""
+"""grow_rank: later edits train fresh bases while the bases of earlier edits stay frozen."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from easyedit_baft.intervention import FROZEN_BUFFERS, BaFTIntervention
 D, RANK = 16, 4
 
 
-def test_grow_keeps_the_update_and_adds_trainable_bases_orthogonal_to_the_frozen_ones():
+def test_grow_keeps_the_update_and_adds_a_trainable_orthonormal_block():
     module = randomised(BaFTIntervention(D, RANK))
     h = torch.randn(3, 5, D, generator=torch.Generator().manual_seed(1))
     before, old_R = module(h), module.R.detach().clone()
@@ -22,7 +22,7 @@ def test_grow_keeps_the_update_and_adds_trainable_bases_orthogonal_to_the_frozen
     torch.testing.assert_close(module(h), before, rtol=0, atol=1e-5)  # the new block starts at zero
     R = module.R.detach()
     torch.testing.assert_close(R[:RANK], old_R)
-    torch.testing.assert_close(R @ R.T, torch.eye(RANK + 3), rtol=0, atol=1e-5)
+    torch.testing.assert_close(R[RANK:] @ R[RANK:].T, torch.eye(3), rtol=0, atol=1e-5)
     assert module.gates(h).shape == (3, 5, RANK + 3)
     assert module.num_parameters() == sum(p.numel() for p in module.parameters())
 
@@ -39,18 +39,20 @@ def test_after_grow_only_the_new_block_receives_gradients():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        module.retract()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
     for name, tensor in frozen_before.items():
         assert torch.equal(getattr(module, name), tensor), name
-    R = module.R.detach()
-    torch.testing.assert_close(R @ R.T, torch.eye(RANK + 2), rtol=0, atol=1e-5)
+    block = module.rotation.detach()
+    torch.testing.assert_close(block @ block.T, torch.eye(2), rtol=0, atol=1e-5)
 
 
-def test_growing_past_the_hidden_size_is_refused_naming_grow_rank():
+def test_growth_has_no_cap_at_the_hidden_size():
     module = BaFTIntervention(D, RANK)
-    with pytest.raises(ValueError, match="grow_rank=13"):
-        module.grow(D - RANK + 1)
-    assert module.rank == RANK
+    for seed in range(D):  # 4 + 16 * 4 bases in a 16-dimensional space
+        module.grow(RANK, torch.Generator().manual_seed(seed))
+    assert module.rank == RANK * (D + 1) > D
+    assert module.num_parameters() == 3 * RANK * D + 2 * RANK  # what one edit trains stays the same
 
 
 def grown_hparams():
@@ -61,7 +63,7 @@ def test_sequential_edits_with_growth_hold_and_leave_earlier_bases_untouched(tok
     model = tiny_llama()
     hp = grown_hparams()
     edit(model, tok, REQUESTS[0], hp)
-    first = {i: (m.R.detach().clone(), m.source.weight.detach().clone())
+    first = {i: (m.R.detach().clone(), m.source_weight.detach().clone())
              for i, m in plumbing.get_state(model).interventions.items()}
     for request in REQUESTS[1:4]:
         edit(model, tok, request, hp)
@@ -99,20 +101,14 @@ def test_grown_edits_survive_save_and_load_bit_identically(tok, tmp_path):
     assert torch.equal(logits(fresh, tok), logits(model, tok))
 
 
-def test_when_the_hidden_size_is_used_up_edits_retrain_the_newest_block_and_say_so(tok, caplog):
+def test_edits_keep_growing_and_holding_past_the_hidden_size(tok):
     model = tiny_llama()  # hidden size 64
     hp = hparams(layers=[2], rank=4, grow_rank=30)
-    for request in REQUESTS[:3]:
+    for request in REQUESTS[:4]:
         edit(model, tok, request, hp)
     module = plumbing.get_state(model).interventions[2]
-    assert (module.rank, module.block_rank) == (64, 30)
-    frozen = module.frozen_rotation.clone()
-    with caplog.at_level("WARNING", logger="easyedit_baft.baft_main"):
-        edit(model, tok, REQUESTS[3], hp)
-    assert module is plumbing.get_state(model).interventions[2] and module.rank == 64
-    assert torch.equal(module.frozen_rotation, frozen)
-    assert "grow_rank=30 no longer fits" in caplog.text
-    assert target_holds(model, tok, REQUESTS[3]["prompt"], REQUESTS[3]["target_new"])
+    assert (module.rank, module.block_rank) == (94, 30)
+    assert all(target_holds(model, tok, r["prompt"], r["target_new"]) for r in REQUESTS[:4])
 
 
 def test_load_balancing_changes_nothing_on_a_first_edit_or_on_growing_edits(tok):
@@ -150,3 +146,38 @@ def test_growing_saving_and_loading_leave_the_global_random_state_alone(tok, tmp
         edit(model, tok, request, grown_hparams())
     load_edits(fresh, save_edits(model, tmp_path / "edits"))
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_replay_at_layer_keeps_every_edit_of_a_sequence_as_cheap_as_the_first(tok):
+    model = tiny_llama()
+    hp = hparams(layers=[2], grow_rank=2, replay_at_layer=True, n_locality_prompts=4)
+    rows = []
+    for request in REQUESTS[:4]:
+        edit(model, tok, request, hp)
+        rows.append(plumbing.get_state(model).last_report.rows)
+    assert rows == [rows[0]] * 4  # replayed edits do not run through the model
+    shared = hparams(layers=[2], grow_rank=2, n_locality_prompts=4)
+    model = tiny_llama()
+    for request in REQUESTS[:3]:
+        edit(model, tok, request, shared)
+    assert plumbing.get_state(model).last_report.rows > rows[0]  # trained again, as rows of the batch
+
+
+def test_unrelated_states_are_reused_until_a_weight_of_the_model_changes(tok):
+    from easyedit_baft.trainer import STATE_CACHE_ATTR
+    model = tiny_llama()
+    hp = hparams(layers=[2], n_locality_prompts=4)
+    _, undo = edit(model, tok, REQUESTS[0], hp, return_orig_weights=True)
+    undo()
+    cache = model.__dict__[STATE_CACHE_ATTR]
+    cached = dict(cache["states"])
+    assert cached
+    edit(model, tok, REQUESTS[0], hp)
+    assert all(model.__dict__[STATE_CACHE_ATTR]["states"][k] is v for k, v in cached.items())
+    plumbing.detach(model)
+    with torch.no_grad():
+        plumbing.decoder_layers(model)[0].mlp.down_proj.weight.mul_(2.0)  # as a weight editor would
+    edit(model, tok, REQUESTS[0], hp)
+    fresh = model.__dict__[STATE_CACHE_ATTR]["states"]
+    key = next(iter(cached))
+    assert not torch.equal(fresh[key][2], cached[key][2])

@@ -60,7 +60,7 @@ def randomised(module, seed: int = 0):
     """Move an intervention's trainable W, b, U, c away from their identity init (a nonzero update)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in (module.source.weight, module.source.bias, module.gate_proj.weight, module.gate_proj.bias):
+        for p in (module.source_weight, module.source_bias, module.gate_weight, module.gate_bias):
             p.copy_(torch.randn(p.shape, generator=g))
     return module
 

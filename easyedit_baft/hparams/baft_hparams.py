@@ -104,6 +104,10 @@ class BaFTHyperParams(_HostHyperParams):
     # Continual editing: earlier edits replayed (from stored layer inputs) per new edit.
     replay_edits: int = 8
     early_stop_waits_for_replay: bool = False  # also wait until every replayed edit holds again
+    # With grow_rank, hold replayed edits' prompts unchanged at the layer (like unrelated prompts,
+    # no pass through the model) instead of training their targets again: a sequence's edits then
+    # cost what a first edit costs.
+    replay_at_layer: bool = False
     # Each edit after the first freezes every basis so far and trains this many new ones (0: all
     # bases train at every edit). Protects earlier edits from being overwritten by later ones.
     grow_rank: int = 0
@@ -215,7 +219,7 @@ def validate(hp: BaFTHyperParams) -> None:
         or (isinstance(hp.device, str) and hp.device.split(":")[0] in ("cpu", "cuda", "mps"))
     ):
         _fail("device", hp.device, "use a CUDA index (0, 1, ...) or 'cpu', 'cuda', 'cuda:N', 'mps'")
-    for name in ("model_parallel", "fp16", "gate_input_norm", "early_stop_waits_for_replay"):
+    for name in ("model_parallel", "fp16", "gate_input_norm", "early_stop_waits_for_replay", "replay_at_layer"):
         _check_bool(hp, name)
     _check_int(hp, "batch_size", 1)
     _check_int(hp, "max_length", 1)
