@@ -65,7 +65,7 @@ def embedded_model_dir() -> Path:
 
     LOG.info("De-quantising %s into %s (once)", gguf_path.name, target)
     model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32, **_dequantized()
     )
     tok = _byte_level_tokenizer(
         AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
@@ -85,6 +85,16 @@ def embedded_model_dir() -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _dequantized() -> dict:
+    """from_pretrained's arguments for plain float weights: newer transformers keep GGUF weights
+    packed (and unsavable) unless asked to unpack them; older ones always unpack them."""
+    try:
+        from transformers.utils.quantization_config import GgufConfig
+    except ImportError:
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
 
 
 def _byte_level_tokenizer(gguf_tok):
