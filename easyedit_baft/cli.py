@@ -255,6 +255,8 @@ def cmd_apply(args) -> int:
         with plumbing.interventions_disabled(model):
             old = metrics.greedy_answer(model, tok, prompt, args.max_new_tokens)
         new = metrics.greedy_answer(model, tok, prompt, args.max_new_tokens)
+        # An empty greedy answer (the model emitted only whitespace) would print as nothing at all.
+        old, new = (answer or "(only whitespace)" for answer in (old, new))
         print(f"{prompt}\n  without edits: {old}\n  with edits:    {new}")
     return 0
 
