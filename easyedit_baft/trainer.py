@@ -10,6 +10,7 @@ at the intervened layer, so they cost no forward pass above it.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 import random
@@ -66,17 +67,13 @@ class _Timer:
     def __init__(self):
         self.seconds: Dict[str, float] = {}
 
+    @contextlib.contextmanager
     def __call__(self, phase: str):
-        timer = self
-
-        class _Span:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *_):
-                timer.seconds[phase] = timer.seconds.get(phase, 0.0) + time.perf_counter() - self.start
-
-        return _Span()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
 
 # --- building the batch ----------------------------------------------------------------------
@@ -118,7 +115,7 @@ def _input_device(model) -> torch.device:
 
 
 STATE_CACHE_ATTR = "_baft_state_cache"
-STATE_CACHE_SIZE = 4096  # rows; about 35 KB each at d=576, so the cache stays under ~150 MB
+STATE_CACHE_SIZE = 4096  # rows of (tokens x d) floats per intervened layer; the oldest go first
 
 
 def _weights_version(model) -> tuple:
@@ -147,7 +144,8 @@ def _states_at_interventions(model, indices: List[int], rows: List[_Row], device
         with plumbing.interventions_disabled(model):
             captured = plumbing.capture_intervention_inputs(
                 model, indices, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        fresh = {id(r): {i: captured[i][k, : len(r.ids)] for i in indices} for k, r in enumerate(missing)}
+        # Cloned: a view would keep the whole padded capture alive in the cache.
+        fresh = {id(r): {i: captured[i][k, : len(r.ids)].clone() for i in indices} for k, r in enumerate(missing)}
     out: Dict[int, List[torch.Tensor]] = {i: [] for i in indices}
     for r in rows:
         key = tuple(r.ids)

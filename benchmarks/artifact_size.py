@@ -1,0 +1,62 @@
+"""Bytes of a saved BaFT edit per edit, on random LLaMA models of a given hidden size.
+
+    python benchmarks/artifact_size.py --hidden 576 4096 --edits 1 10
+
+For each hidden size d: a 2-layer random LLaMA, rank-4 edits at layer 1 growing by 4 per edit,
+saved with save_edits after each count in --edits; prints the two files' bytes, bytes per edit
+and bytes per trained number (3 r d + 2 r per edit). Numbers only; no asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from easyedit_baft import save_edits  # noqa: E402
+from easyedit_baft.baft_main import apply_baft_to_model  # noqa: E402
+from easyedit_baft.hparams import BaFTHyperParams  # noqa: E402
+from long_run_memory import byte_tokenizer, request  # noqa: E402
+
+
+def random_llama(hidden: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=300, hidden_size=hidden, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=128)
+    return LlamaForCausalLM(config).eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hidden", type=int, nargs="+", default=[576, 4096])
+    parser.add_argument("--edits", type=int, nargs="+", default=[1, 10])
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    tok = byte_tokenizer()
+    print(f"{'d':>5} {'edits':>5} {'bytes':>10} {'bytes/edit':>10} {'trained numbers/edit':>20} {'bytes/number':>12}")
+    for hidden in args.hidden:
+        model = random_llama(hidden)
+        hp = BaFTHyperParams(model_name="random-llama", layers=[1], rank=4, grow_rank=4, n_steps=2,
+                             n_locality_prompts=4, n_context_prefixes=0, max_length=64)
+        done = 0
+        for target in sorted(args.edits):
+            while done < target:
+                apply_baft_to_model(model, tok, [request(done)], hp)
+                done += 1
+            with tempfile.TemporaryDirectory() as directory:
+                save_edits(model, Path(directory) / "edits")
+                size = sum(p.stat().st_size for p in (Path(directory) / "edits").iterdir())
+            numbers = 3 * hp.rank * hidden + 2 * hp.rank
+            print(f"{hidden:>5} {done:>5} {size:>10} {size / done:>10.0f} {numbers:>20} {size / done / numbers:>12.2f}")
+
+
+if __name__ == "__main__":
+    main()
