@@ -27,7 +27,8 @@ REPO_ROOT = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))  # sibling helper modules
 sys.path.insert(0, str(REPO_ROOT))  # easyedit_baft from this checkout
 
-from bench_data import DATA_FILES, default_data_dir  # noqa: E402
+from bench_data import DATA_FILES  # noqa: E402
+from easyedit_baft.records import default_data_dir  # noqa: E402
 from bench_methods import DEFAULT_METHODS, METHODS  # noqa: E402
 from bench_scenarios import Scenario  # noqa: E402
 

@@ -23,10 +23,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from edit_inputs import edit_kwargs, load_records
 from edit_metrics import EditTimer, markdown_table, scoring_protocols, summarize
 from host_setup import (DATA_DIR, DEFAULT_HPARAMS_NAME, EXAMPLES_HPARAMS, METHODS, REPO_ROOT, hparams_file,
                         host_version, load_hparams, memit_stats_missing, require_host, resolve_model, set_threads)
+
+from easyedit_baft.records import edit_kwargs, read_records, record_format  # noqa: E402
 
 LOG = logging.getLogger("compare_methods")
 DEFAULT_DATA = DATA_DIR / "zsre" / "zsre_mend_eval_portability_gpt4.json"
@@ -100,7 +101,8 @@ def main(argv=None) -> int:
     if unknown:
         sys.exit(f"--methods {unknown} unknown; choose from {list(METHODS)}")
     set_threads(args.threads)
-    records, fmt = load_records(args.data, args.n)
+    records = read_records(args.data, args.n)
+    fmt = record_format(records[0])
     model_path = resolve_model(args.model)
     args.out, args.hparams_dir = args.out.resolve(), args.hparams_dir.resolve()  # the cwd changes below
     args.baft_hparams = args.baft_hparams.resolve() if args.baft_hparams else None

@@ -18,9 +18,10 @@ import logging
 import sys
 from pathlib import Path
 
-from edit_inputs import edit_kwargs
 from edit_metrics import summarize
 from host_setup import fluency_without_punkt, load_hparams, require_host, resolve_model, set_threads
+
+from easyedit_baft.records import edit_kwargs  # noqa: E402
 
 LOG = logging.getLogger("run_knowedit")
 DATATYPES = ("zsre", "counterfact", "recent", "wikibio")
@@ -47,7 +48,7 @@ def knowedit_inputs(host, args) -> dict:
     items = list(host.KnowEditDataset(args.data_dir, size=args.ds_size))
     if not items:
         sys.exit(f"--data_dir {args.data_dir} holds no records")
-    kwargs = edit_kwargs(items, "knowedit")
+    kwargs = edit_kwargs(items, "knowedit_item")
     if args.datatype == "wikibio":
         kwargs["portability_inputs"] = None
         kwargs["locality_inputs"] = {k: v for k, v in (kwargs["locality_inputs"] or {}).items()

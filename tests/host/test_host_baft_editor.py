@@ -7,7 +7,7 @@ import json
 import numpy as np
 import torch
 
-from edit_inputs import edit_kwargs
+from easyedit_baft.records import edit_kwargs
 from host_setup import fluency_without_punkt
 from host_testing import ZSRE_TRAIN, assert_zsre_metrics, baft_hparams, need_data, probe_logits
 

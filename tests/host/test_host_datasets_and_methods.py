@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from edit_inputs import detect_format, edit_kwargs
+from easyedit_baft.records import edit_kwargs, record_format
 from edit_metrics import summarize
 from host_testing import (COUNTERFACT, EXAMPLES, KNOWEDIT_ZSRE, ZSRE_EVAL, ZSRE_TRAIN, baft_hparams, need_data,
                           probe_logits)
@@ -25,13 +25,13 @@ def baft_editor(model_path):
 @pytest.mark.parametrize("dataset, path, fmt", [
     ("ZsreDataset", ZSRE_EVAL, "counterfact"),
     ("CounterFactDataset", COUNTERFACT, "counterfact"),
-    ("KnowEditDataset", KNOWEDIT_ZSRE, "knowedit"),
+    ("KnowEditDataset", KNOWEDIT_ZSRE, "knowedit_item"),
 ])
 def test_host_dataset_feeds_baft(baft_editor, dataset, path, fmt):
     import easyeditor
 
     items = list(getattr(easyeditor, dataset)(str(need_data(path)), size=1))
-    assert detect_format(items[0]) == fmt
+    assert record_format(items[0]) == fmt
     metrics, _, _ = baft_editor.edit(**edit_kwargs(items), sequential_edit=False, verbose=False)
 
     post = metrics[0]["post"]
