@@ -33,7 +33,7 @@ from . import layers as plumbing
 from .explain import Explanation, explain, render_heatmap
 from .hparams import BaFTHyperParams, HParamsError
 from .intervention import FROZEN_BUFFERS
-from .layers import NoEditsError
+from .layers import FINGERPRINT_SAMPLES, NoEditsError, base_model_fingerprint
 from .prompt_sources import recorded_locality_source
 from .trainer import build_interventions
 
@@ -56,12 +56,11 @@ __all__ = [
 
 FORMAT_NAME = "easyedit-baft-edits"
 # 2: config_sha256 covers the whole config, not only the tensor file.
-FORMAT_VERSION = 2
+# 3: R, W, b, U, c stored as they compute (2 stored the orthogonal parametrization).
+FORMAT_VERSION = 3
 WEIGHTS_NAME = "edits.safetensors"
 CONFIG_NAME = "edit_config.json"
 EDIT_METHOD = "BaFT"
-# Evenly spaced values per parameter tensor that enter the base-model fingerprint.
-FINGERPRINT_SAMPLES = 1024
 FINGERPRINT_METHOD = f"sha256 of shapes and {FINGERPRINT_SAMPLES} strided values per parameter, rounded to bfloat16"
 
 PathLike = Union[str, Path]
@@ -72,27 +71,6 @@ class ArtifactError(ValueError):
 
 
 # --- the base model's identity ---------------------------------------------------------------
-
-
-def _sampled_bytes(tensor: torch.Tensor) -> bytes:
-    """Evenly spaced values of a tensor, as bytes that do not depend on its device or float width."""
-    flat = tensor.detach().reshape(-1)
-    count = min(FINGERPRINT_SAMPLES, flat.numel())
-    index = torch.linspace(0, flat.numel() - 1, count, dtype=torch.float64).round().long()
-    values = flat[index.to(flat.device)]
-    if values.is_floating_point():
-        # Rounded to bfloat16, a float32 and a bfloat16 load of one checkpoint hash the same.
-        values = values.to(torch.bfloat16).view(torch.int16)
-    return values.cpu().numpy().tobytes()
-
-
-def base_model_fingerprint(model) -> str:
-    """A cheap sha256 of the model's weights: every parameter's shape and a strided sample of it."""
-    digest = hashlib.sha256()
-    for parameter in model.parameters():  # BaFT interventions are not submodules: never included
-        digest.update(repr(tuple(parameter.shape)).encode())
-        digest.update(_sampled_bytes(parameter))
-    return digest.hexdigest()
 
 
 def _base_model_name(model, state: plumbing.BaFTState) -> str:

@@ -30,10 +30,13 @@ def loreft(h: torch.Tensor, R: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -
 
 
 def orthonormal_rows(rows: torch.Tensor) -> torch.Tensor:
-    """The nearest matrix with orthonormal rows in the QR sense (signs fixed, so it is deterministic)."""
-    q, r = torch.linalg.qr(rows.double().T)
+    """Orthonormal rows spanning the same space, by QR with signs fixed (so it is deterministic).
+
+    Computed in float64 on the CPU (r x d is small; MPS has no float64), returned where rows live.
+    """
+    q, r = torch.linalg.qr(rows.detach().to("cpu", torch.float64).T)
     signs = torch.sign(torch.diagonal(r)).masked_fill(torch.diagonal(r) == 0, 1.0)
-    return (q * signs).T.to(rows.dtype)
+    return (q * signs).T.to(device=rows.device, dtype=rows.dtype)
 
 
 class BaFTIntervention(nn.Module):
@@ -76,6 +79,9 @@ class BaFTIntervention(nn.Module):
     def _new_block(self, rank: int, generator: torch.Generator | None) -> None:
         """A fresh trainable block of `rank` orthonormal bases whose update is exactly zero."""
         d = self.hidden_size
+        if rank > d:
+            raise ValueError(f"grow_rank={rank} exceeds hidden_size={d}: a block holds at most {d} orthonormal "
+                             f"bases; use grow_rank <= {d}")
         if generator is None:  # placeholder values (a load overwrites them); leave the global RNG alone
             generator = torch.Generator().manual_seed(0)
         rotation = orthonormal_rows(torch.randn(rank, d, generator=generator))

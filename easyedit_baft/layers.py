@@ -7,6 +7,7 @@ models in one process never share edits.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from typing import Dict, Iterator, List, Optional
 
 import torch
@@ -26,6 +27,8 @@ DECODER_LAYER_PATHS: Dict[str, str] = {
 }
 
 STATE_ATTR = "_baft_state"
+# Evenly spaced values per parameter tensor that enter the base-model fingerprint.
+FINGERPRINT_SAMPLES = 1024
 
 
 class UnsupportedModelError(ValueError):
@@ -49,6 +52,27 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     for part in DECODER_LAYER_PATHS[arch].split("."):
         module = getattr(module, part)
     return module
+
+
+def _sampled_bytes(tensor: torch.Tensor) -> bytes:
+    """Evenly spaced values of a tensor, as bytes that do not depend on its device or float width."""
+    flat = tensor.detach().reshape(-1)
+    count = min(FINGERPRINT_SAMPLES, flat.numel())
+    index = torch.linspace(0, flat.numel() - 1, count, dtype=torch.float64).round().long()
+    values = flat[index.to(flat.device)]
+    if values.is_floating_point():
+        # Rounded to bfloat16, a float32 and a bfloat16 load of one checkpoint hash the same.
+        values = values.to(torch.bfloat16).view(torch.int16)
+    return values.cpu().numpy().tobytes()
+
+
+def base_model_fingerprint(model) -> str:
+    """A cheap sha256 of the model's weights: every parameter's shape and a strided sample of it."""
+    digest = hashlib.sha256()
+    for parameter in model.parameters():  # BaFT interventions are not submodules: never included
+        digest.update(repr(tuple(parameter.shape)).encode())
+        digest.update(_sampled_bytes(parameter))
+    return digest.hexdigest()
 
 
 def hidden_size(model: nn.Module) -> int:
@@ -112,7 +136,7 @@ class _InterventionHook:
     """
 
     def __init__(self, state: BaFTState, index: int):
-        self.state, self.index = state, index  # looked up at each call: undo may swap the module
+        self.state, self.index = state, index  # looked up at each call, so a copied model's hook reads its own state
 
     def __call__(self, _layer, _args, output):
         if not self.state.enabled:

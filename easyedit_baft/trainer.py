@@ -42,6 +42,7 @@ class EditReport:
     holds: bool  # every target token that early stop waits for is the argmax
     unrelated_change: float = math.nan  # the locality penalty on unrelated prompts (nan: none were used)
     rows: int = 0  # rows in each forward pass
+    held_rows: int = 0  # rows held unchanged at the intervened layer (unrelated, replayed at the layer)
     tokens: int = 0  # real tokens in each forward pass
     seconds_by_phase: Dict[str, float] = field(default_factory=dict)
 
@@ -115,50 +116,74 @@ def _input_device(model) -> torch.device:
 
 
 STATE_CACHE_ATTR = "_baft_state_cache"
-STATE_CACHE_SIZE = 4096  # rows of (tokens x d) floats per intervened layer; the oldest go first
+STATE_CACHE_BYTES = 256 * 2**20  # the oldest rows go first beyond this
 
 
-def _weights_version(model) -> tuple:
-    """Changes whenever any weight of the model is replaced or written in place."""
-    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+def _weights_key(model) -> tuple:
+    """Changes when a weight is replaced or written: storages, version counters (in-place ops) and
+    a sampled fingerprint of the values (writes through .data bump no version counter)."""
+    return (tuple((p.data_ptr(), p._version) for p in model.parameters()), plumbing.base_model_fingerprint(model))
+
+
+class _StateCache:
+    """Pre-edit states at the intervened layer of rows that recur across edits (pool prompts,
+    earlier edits), valid while the model's weights are unchanged. A deep copy of the model gets
+    none: its weights are new tensors."""
+
+    def __init__(self, key):
+        self.key, self.states, self.nbytes = key, OrderedDict(), 0
+
+    def __deepcopy__(self, memo):
+        return None
+
+    def get(self, ids: tuple):
+        hit = self.states.get(ids)
+        if hit is not None:
+            self.states.move_to_end(ids)
+        return hit
+
+    def put(self, ids: tuple, state: torch.Tensor) -> None:
+        self.states[ids] = state
+        self.nbytes += state.numel() * state.element_size()
+
+    def evict(self) -> None:
+        while self.nbytes > STATE_CACHE_BYTES and self.states:
+            _, old = self.states.popitem(last=False)
+            self.nbytes -= old.numel() * old.element_size()
 
 
 def _states_at_interventions(model, indices: List[int], rows: List[_Row], device) -> Dict[int, List[torch.Tensor]]:
-    """Each row's pre-edit hidden states at each intervened layer, (len(ids), d) per row.
+    """Each row's hidden states at each intervened layer, (len(ids), d) per row.
 
-    Pre-edit: the interventions are off, so the states depend on the base model only (exact for
-    one intervened layer; for several, upper layers see their unedited inputs). Rows marked
-    cacheable (pool prompts, earlier edits) are kept on the model for later edits, until any weight
-    of the model changes.
+    With one intervened layer, its input does not depend on any edit: the states are read with
+    the interventions off, and cacheable rows are kept on the model for later edits. With several,
+    upper layers must see the lower layers' edits: every row is captured afresh, interventions on.
     """
-    cache = model.__dict__.get(STATE_CACHE_ATTR)
-    version = (tuple(indices), _weights_version(model))
-    if cache is None or cache["version"] != version:
-        cache = {"version": version, "states": OrderedDict()}
-        model.__dict__[STATE_CACHE_ATTR] = cache
-    states = cache["states"]
-    missing = [r for r in rows if not (r.cacheable and tuple(r.ids) in states)]
+    cache = None
+    if len(indices) == 1:
+        key = (tuple(indices), _weights_key(model))
+        cache = model.__dict__.get(STATE_CACHE_ATTR)
+        if cache is None or cache.key != key:
+            cache = model.__dict__[STATE_CACHE_ATTR] = _StateCache(key)
+    hits = {id(r): cache.get(tuple(r.ids)) for r in rows if r.cacheable} if cache else {}
+    missing = [r for r in rows if hits.get(id(r)) is None]
     fresh: Dict[int, Dict[int, torch.Tensor]] = {}
     if missing:
         batch = pad_rows([r.ids for r in missing], [len(r.ids) for r in missing], pad_id=0).to(device)
-        with plumbing.interventions_disabled(model):
+        with plumbing.interventions_disabled(model) if cache else contextlib.nullcontext():
             captured = plumbing.capture_intervention_inputs(
                 model, indices, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         # Cloned: a view would keep the whole padded capture alive in the cache.
         fresh = {id(r): {i: captured[i][k, : len(r.ids)].clone() for i in indices} for k, r in enumerate(missing)}
     out: Dict[int, List[torch.Tensor]] = {i: [] for i in indices}
     for r in rows:
-        key = tuple(r.ids)
-        per_layer = fresh.get(id(r))
-        if per_layer is None:
-            per_layer = states[key]
-            states.move_to_end(key)
-        elif r.cacheable:
-            states[key] = per_layer
-            if len(states) > STATE_CACHE_SIZE:
-                states.popitem(last=False)
+        per_layer = fresh.get(id(r)) or {indices[0]: hits[id(r)]}
+        if cache and r.cacheable and id(r) in fresh:
+            cache.put(tuple(r.ids), per_layer[indices[0]])
         for i in indices:
             out[i].append(per_layer[i])
+    if cache:
+        cache.evict()  # after every hit was read: evicting earlier could drop one
     return out
 
 
@@ -291,7 +316,8 @@ def _edit_gates(module: plumbing.BaFTIntervention, batch: EditBatch) -> torch.Te
 
 def loss_terms(model, batch: EditBatch, modules: Dict[int, plumbing.BaFTIntervention], hp: BaFTHyperParams,
                edit_count: int, timer: _Timer) -> tuple:
-    """One forward pass above the intervened layer: (named loss terms, does the edit hold)."""
+    """One forward pass above the intervened layer: (named loss terms, does the edit hold, the
+    locality penalty as a float or nan)."""
     tokens = batch.tokens
     with timer("forward"):
         hidden = model.base_model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
@@ -335,16 +361,16 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
     rng = random.Random(hp.seed + state.edit_count)
     indices = sorted(state.interventions)
     modules = {i: state.interventions[i] for i in indices}
-    with timer("setup"):
-        batch = build_batch(model, tok, requests, hp, state, indices, rng)
-    params = [p for m in modules.values() for p in m.parameters()]
-    optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
     was_training = model.training
-    model.eval()
-    for m in modules.values():
-        m.record_gates = True
+    model.eval()  # before the batch: states captured (and cached) must carry no dropout noise
     report = EditReport(0, 0.0, math.nan, math.nan, False)
     try:
+        with timer("setup"):
+            batch = build_batch(model, tok, requests, hp, state, indices, rng)
+        params = [p for m in modules.values() for p in m.parameters()]
+        optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        for m in modules.values():
+            m.record_gates = True
         with plumbing.reuse_layer_input(model, indices[0], batch.layer_input):
             for step in tqdm(range(hp.n_steps), desc="BaFT edit", leave=False, disable=None):
                 with torch.enable_grad():
@@ -383,6 +409,7 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
         if r.kind is RowKind.EDIT:
             state.replay_memory.append({"ids": tuple(r.ids), "n_prompt": r.n_prompt})
     report.rows, report.tokens = batch.tokens.input_ids.shape[0], int(batch.tokens.attention_mask.sum())
+    report.held_rows = 0 if batch.unrelated_mask is None else batch.unrelated_mask.shape[0]
     report.seconds = time.perf_counter() - start
     report.seconds_by_phase = timer.seconds
     return report

@@ -271,6 +271,7 @@ DAMAGED_ARTIFACTS = {
     "corrupted byte": (_flip_byte, "truncated or corrupted"),
     "truncated weights, checksum forged": (_truncate_and_fix_checksum, "does not parse"),
     "unknown format version": (_edit_config(_set(("format_version",), 99)), "format_version=99"),
+    "older format version": (_edit_config(_set(("format_version",), 2)), "release that wrote it"),
     "not a BaFT artifact": (_edit_config(_set(("format",), "peft")), "format='peft'"),
     "config not JSON": (lambda d: (d / CONFIG_NAME).write_text("{not json"), "not valid JSON"),
     "config rank tampered": (_edit_config(_set(("hparams", "rank"), 8)), "tensor 'layers.1"),

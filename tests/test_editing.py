@@ -128,9 +128,8 @@ def test_without_return_orig_weights_weights_copy_is_empty_dict(tok):
 
 def test_five_sequential_edits_all_hold_including_the_first(tok):
     model = tiny_llama()
-    # Without grow_rank the edits share bases: each must train until its replayed predecessors hold.
     for request in REQUESTS[:5]:
-        edit(model, tok, request, hparams(early_stop_waits_for_replay=True))
+        edit(model, tok, request)
     assert holds(model, tok, REQUESTS[0])
     assert all(holds(model, tok, r) for r in REQUESTS[:5])
     state = plumbing.get_state(model)

@@ -56,7 +56,8 @@ def test_growth_has_no_cap_at_the_hidden_size():
 
 
 def grown_hparams():
-    return hparams(grow_rank=2)
+    # Two layers, so replayed edits train through the model: early stop waits until they hold again.
+    return hparams(grow_rank=2, early_stop_waits_for_replay=True)
 
 
 def test_sequential_edits_with_growth_hold_and_leave_earlier_bases_untouched(tok):
@@ -150,34 +151,58 @@ def test_growing_saving_and_loading_leave_the_global_random_state_alone(tok, tmp
 
 def test_replay_at_layer_keeps_every_edit_of_a_sequence_as_cheap_as_the_first(tok):
     model = tiny_llama()
-    hp = hparams(layers=[2], grow_rank=2, replay_at_layer=True, n_locality_prompts=4)
-    rows = []
+    hp = hparams(layers=[2], grow_rank=2, replay_at_layer=True, n_locality_prompts=4, n_subject_swaps=0)
+    reports = []
     for request in REQUESTS[:4]:
         edit(model, tok, request, hp)
-        rows.append(plumbing.get_state(model).last_report.rows)
-    assert rows == [rows[0]] * 4  # replayed edits do not run through the model
+        reports.append(plumbing.get_state(model).last_report)
+    assert [r.rows for r in reports] == [reports[0].rows] * 4  # replayed edits do not run through the model
+    assert [r.held_rows for r in reports] == [4, 5, 6, 7]  # they are held at the layer instead
     shared = hparams(layers=[2], grow_rank=2, n_locality_prompts=4)
     model = tiny_llama()
     for request in REQUESTS[:3]:
         edit(model, tok, request, shared)
-    assert plumbing.get_state(model).last_report.rows > rows[0]  # trained again, as rows of the batch
+    assert plumbing.get_state(model).last_report.rows > reports[0].rows  # trained again, as rows of the batch
+
+
+def _cached_states(model):
+    from easyedit_baft.trainer import STATE_CACHE_ATTR
+    return model.__dict__[STATE_CACHE_ATTR].states
 
 
 def test_unrelated_states_are_reused_until_a_weight_of_the_model_changes(tok):
-    from easyedit_baft.trainer import STATE_CACHE_ATTR
     model = tiny_llama()
     hp = hparams(layers=[2], n_locality_prompts=4)
     _, undo = edit(model, tok, REQUESTS[0], hp, return_orig_weights=True)
     undo()
-    cache = model.__dict__[STATE_CACHE_ATTR]
-    cached = dict(cache["states"])
+    cached = dict(_cached_states(model))
     assert cached
     edit(model, tok, REQUESTS[0], hp)
-    assert all(model.__dict__[STATE_CACHE_ATTR]["states"][k] is v for k, v in cached.items())
+    assert all(_cached_states(model)[k] is v for k, v in cached.items())
     plumbing.detach(model)
-    with torch.no_grad():
-        plumbing.decoder_layers(model)[0].mlp.down_proj.weight.mul_(2.0)  # as a weight editor would
+    with torch.no_grad():  # as a weight editor would: in place, and through .data (no version bump)
+        plumbing.decoder_layers(model)[0].mlp.down_proj.weight.data.mul_(2.0)
     edit(model, tok, REQUESTS[0], hp)
-    fresh = model.__dict__[STATE_CACHE_ATTR]["states"]
     key = next(iter(cached))
-    assert not torch.equal(fresh[key][2], cached[key][2])
+    assert not torch.equal(_cached_states(model)[key], cached[key])
+
+
+def test_the_state_cache_stays_within_its_bound_and_never_drops_a_row_it_is_using(tok, monkeypatch):
+    from easyedit_baft import trainer
+    model = tiny_llama()
+    hp = hparams(layers=[2], grow_rank=2, replay_at_layer=True, n_locality_prompts=6)
+    edit(model, tok, REQUESTS[0], hp)
+    one_row = next(iter(_cached_states(model).values()))
+    monkeypatch.setattr(trainer, "STATE_CACHE_BYTES", 3 * one_row.numel() * one_row.element_size())
+    for request in REQUESTS[1:4]:
+        edit(model, tok, request, hp)  # more cacheable rows per edit than the cache holds
+    assert len(_cached_states(model)) <= 3
+
+
+def test_a_deep_copy_of_an_edited_model_does_not_carry_the_state_cache(tok):
+    import copy
+    from easyedit_baft.trainer import STATE_CACHE_ATTR
+    model = tiny_llama()
+    edit(model, tok, REQUESTS[0], hparams(layers=[2], n_locality_prompts=4))
+    assert model.__dict__[STATE_CACHE_ATTR] is not None
+    assert copy.deepcopy(model).__dict__.get(STATE_CACHE_ATTR) is None

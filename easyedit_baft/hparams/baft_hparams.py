@@ -104,9 +104,9 @@ class BaFTHyperParams(_HostHyperParams):
     # Continual editing: earlier edits replayed (from stored layer inputs) per new edit.
     replay_edits: int = 8
     early_stop_waits_for_replay: bool = False  # also wait until every replayed edit holds again
-    # With grow_rank, hold replayed edits' prompts unchanged at the layer (like unrelated prompts,
-    # no pass through the model) instead of training their targets again: a sequence's edits then
-    # cost what a first edit costs.
+    # With grow_rank, hold replayed edits' prompts unchanged at the layer, like unrelated prompts
+    # (so through the model only for the KL term), instead of training their targets again: a
+    # sequence's edits then cost what a first edit costs. Needs lambda_loc > 0.
     replay_at_layer: bool = False
     # Each edit after the first freezes every basis so far and trains this many new ones (0: all
     # bases train at every edit). Protects earlier edits from being overwritten by later ones.
