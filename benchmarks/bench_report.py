@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from bench_checkpoint import checkpoint_dir, read_progress
+from bench_data import is_knowedit
 from bench_journal import journal_path, read_partial
+from easyedit_baft.metrics import harmonic_mean, knowedit_summary, mean
 
 TABLE_COLUMNS = ["method", "rel", "gen", "loc", "port", "HM(rel,gen,loc)", "fluency", "s/edit",
                  "params/edit", "peak MB", "edit size"]
@@ -15,16 +17,6 @@ PLOTTED_SCORES = [("rel", "reliability (rewrite_acc)"), ("gen", "generalization 
                   ("loc", "locality")]
 PARAMS_SHARE_OF_ROME = 0.01
 METHOD_ORDER = ["BaFT", "ReFT", "BaFT-noLB", "ROME", "MEMIT", "GRACE", "FT-L", "LoRA", "WISE", "AlphaEdit"]
-
-
-def harmonic_mean(values: List[Optional[float]]) -> Optional[float]:
-    """Harmonic mean of the measured values (a missing one, e.g. no rephrase field, is left out)."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    if any(v <= 0 for v in values):
-        return 0.0
-    return len(values) / sum(1.0 / v for v in values)
 
 
 def _scenario_order(name: str) -> tuple:
@@ -43,11 +35,11 @@ def partial_run(path: Path) -> Optional[dict]:
     if not entries:
         return None
     scores = [e["scores"] for e in entries]
-    means = {k: _mean([s.get(k) for s in scores]) for k in ("rel", "gen", "loc", "port", "fluency")}
-    costs = {k: _mean([e["costs"].get(k) for e in entries]) for k in ("params_per_edit", "edit_bytes")}
+    means = {k: mean([s.get(k) for s in scores]) for k in ("rel", "gen", "loc", "port", "fluency")}
+    costs = {k: mean([e["costs"].get(k) for e in entries]) for k in ("params_per_edit", "edit_bytes")}
     return {"status": "partial", "method": header["method"], "set": header["set"], "scenario": header["scenario"],
             "n": header["n"], "n_scored": len(entries), **means, **costs,
-            "seconds_per_edit": _mean([e["edit_seconds"] for e in entries]), "peak_mb": None}
+            "seconds_per_edit": mean([e["edit_seconds"] for e in entries]), "peak_mb": None, "records": scores}
 
 
 def partial_sequence(path: Path) -> Optional[dict]:
@@ -58,7 +50,7 @@ def partial_sequence(path: Path) -> Optional[dict]:
     header, made = progress["header"], progress["bookkeeping"]
     return {"status": "partial", "method": header["method"], "set": header["set"], "scenario": header["scenario"],
             "n": header["n"], "n_edits": made["n_edits"], "checkpoints": made["checkpoints"],
-            "seconds_per_edit": _mean(made["edit_seconds"])}
+            "seconds_per_edit": mean(made["edit_seconds"])}
 
 
 def _partial_of(result_file: Path) -> Optional[dict]:
@@ -77,7 +69,6 @@ def load_runs(results_dir: Path) -> List[dict]:
     runs = []
     for path in sorted((results_dir / "runs").glob("n*/*/*/*.json")):
         run = json.loads(path.read_text())
-        run.pop("records", None)  # per-request scores stay in runs/
         if run.get("status") != "ok":
             run = _partial_of(path) or run
         runs.append(run)
@@ -87,8 +78,11 @@ def load_runs(results_dir: Path) -> List[dict]:
             run = _partial_of(result_file)
             runs.extend([run] if run else [])
     for run in runs:
+        records = run.pop("records", None)  # per-request scores stay in runs/
         if run.get("status") in ("ok", "partial"):
             run["hm"] = harmonic_mean([run.get("rel"), run.get("gen"), run.get("loc")])
+            if is_knowedit(run["set"]) and records:
+                run["knowedit"] = knowedit_summary(records)
     runs.sort(key=lambda r: (r["n"], r["set"], _scenario_order(r["scenario"]), _method_order(r["method"])))
     return runs
 
@@ -104,11 +98,6 @@ def _groups(runs: List[dict]) -> List[tuple]:
 
 
 # ---- formatting ------------------------------------------------------------------------------
-
-
-def _mean(values) -> Optional[float]:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
 
 
 def _pct(value) -> str:
@@ -172,7 +161,29 @@ def markdown_tables(runs: List[dict], args) -> str:
                   "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
         lines += ["| " + " | ".join(table_row(r)) + " |" for r in rows]
         lines.append("")
+        lines += knowedit_table(rows)
     return "\n".join(lines)
+
+
+def knowedit_table(rows: List[dict]) -> List[str]:
+    """KnowEdit's own summary of a KnowEdit set's runs, with each kind of portability and locality."""
+    rows = [r for r in rows if r.get("knowedit")]
+    if not rows:
+        return []
+    port_kinds = list(dict.fromkeys(k for r in rows for k in r["knowedit"]["portability_kinds"]))
+    loc_kinds = list(dict.fromkeys(k for r in rows for k in r["knowedit"]["locality_kinds"]))
+    header = (["method", "Edit Succ", "Portability"] + [f"Port. {k}" for k in port_kinds] + ["Locality"]
+              + [f"Loc. {k}" for k in loc_kinds] + ["Fluency", "HM(succ,port,loc)"])
+    lines = ["KnowEdit's summary (its script's definitions; Fluency: n-gram entropy x 100, as it prints it):", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in rows:
+        k = run["knowedit"]
+        fluency = None if k["fluency"] is None else 100 * k["fluency"]
+        cells = ([_pct(k["edit_succ"]), _pct(k["portability"])] + [_pct(k["portability_kinds"].get(n)) for n in port_kinds]
+                 + [_pct(k["locality"])] + [_pct(k["locality_kinds"].get(n)) for n in loc_kinds]
+                 + [_num(fluency, 1), _pct(k["hm"])])
+        lines.append("| " + " | ".join([table_row(run)[0]] + cells) + " |")
+    return lines + [""]
 
 
 # ---- targets ----------------------------------------------------------------------------------

@@ -15,13 +15,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from bench_checkpoint import SequenceCheckpoint, as_bookkeeping
 from bench_journal import Journal, ordered
 from bench_host import scored_by_generation
 from bench_methods import CostMeter, MethodSpec, grace_adapters
+from easyedit_baft.metrics import mean, record_scores
 
 SCENARIO_PATTERN = re.compile(r"^(single|batch(\d+)|seq(\d+))$")
 
@@ -113,7 +113,7 @@ def evaluate(host: Host, editor, model, request: dict, pre: dict, fluency: bool)
     )
     metric = {"pre": copy.deepcopy(pre), "post": post}
     host.finalize_locality_metrics(metric, request, editor.hparams, editor.model_name)
-    return record_scores(metric)
+    return record_scores(metric["post"])
 
 
 def pre_edit_metrics(host: Host, editor, requests: List[dict]) -> List[dict]:
@@ -125,33 +125,8 @@ def pre_edit_metrics(host: Host, editor, requests: List[dict]) -> List[dict]:
     ]
 
 
-def _mean(values) -> Optional[float]:
-    values = [v for v in values if v is not None and not (isinstance(v, float) and np.isnan(v))]
-    return float(np.mean(values)) if values else None
-
-
-def _acc(value) -> Optional[float]:
-    if value is None:
-        return None
-    return _mean(value) if isinstance(value, (list, tuple, np.ndarray)) else float(value)
-
-
-def record_scores(metric: dict) -> dict:
-    """rel/gen/loc/port/fluency of one request, each the host's per-key means."""
-    post = metric["post"]
-    loc_keys = [k for k in post.get("locality", {}) if k.endswith("_acc")]
-    port_keys = [k for k in post.get("portability", {}) if k.endswith("_acc")]
-    return {
-        "rel": _acc(post.get("rewrite_acc")),
-        "gen": _acc(post.get("rephrase_acc")),
-        "loc": _mean([_acc(post["locality"][k]) for k in loc_keys]),
-        "port": _mean([_acc(post["portability"][k]) for k in port_keys]),
-        "fluency": (post.get("fluency") or {}).get("ngram_entropy"),
-    }
-
-
 def mean_scores(scores: List[dict]) -> dict:
-    return {key: _mean([s[key] for s in scores]) for key in ("rel", "gen", "loc", "port", "fluency")}
+    return {key: mean([s[key] for s in scores]) for key in ("rel", "gen", "loc", "port", "fluency")}
 
 
 def _evaluate_all(host, editor, model, requests, pres, fluency_n, desc) -> List[dict]:
@@ -188,7 +163,7 @@ def _keep_edited_model(editor, spec: MethodSpec, edited_model) -> None:
 
 def _merge_costs(costs: List[dict]) -> dict:
     keys = {k for c in costs for k in c}
-    return {k: _mean([c.get(k) for c in costs]) for k in keys}
+    return {k: mean([c.get(k) for c in costs]) for k in keys}
 
 
 def run_single(host, editor, spec, requests, pres, fluency_n, journal: Optional[Journal] = None) -> ScenarioResult:

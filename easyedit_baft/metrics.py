@@ -3,11 +3,14 @@
 Definitions follow EasyEdit's evaluator: the model reads prompt + ' ' + target in one
 teacher-forced pass, and a score is the share of target tokens predicted as the argmax.
 Locality is the share of answer tokens whose argmax is the same before and after the edit.
+Also the project's one summary of the host's per-record metrics: mean, harmonic mean, the scores
+of one record and KnowEdit's own summary (used by the demo, the examples and the benchmarks).
 """
 
 from __future__ import annotations
 
-from typing import List, Optional
+import math
+from typing import Dict, List, Optional
 
 import torch
 
@@ -53,8 +56,64 @@ def greedy_answer(model, tok, prompt: str, max_new_tokens: int = 8) -> str:
     return text.strip().split("\n")[0].strip()  # chat models often start with a newline
 
 
-def harmonic_mean(values: List[Optional[float]]) -> float:
+def mean(values) -> Optional[float]:
+    """The one mean of the project's scores: None and NaN are left out, a list counts as its own mean,
+    and nothing left to average gives None (not measured), never 0."""
+    kept = []
+    for value in values:
+        if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+            value = mean(value.tolist() if hasattr(value, "tolist") else value)
+        if value is not None and not math.isnan(float(value)):
+            kept.append(float(value))
+    return sum(kept) / len(kept) if kept else None
+
+
+def harmonic_mean(values: List[Optional[float]]) -> Optional[float]:
+    """Harmonic mean of the measured values (a missing one, e.g. no rephrase field, is left out);
+    None when none is measured, 0 when any is 0."""
     values = [v for v in values if v is not None]
-    if not values or min(values) <= 0:
+    if not values:
+        return None
+    if any(v <= 0 for v in values):
         return 0.0
     return len(values) / sum(1.0 / v for v in values)
+
+
+def _kinds(section: Optional[dict]) -> Dict[str, Optional[float]]:
+    """The host's {'<kind>_acc': [...]} -> {kind: mean}."""
+    return {k[: -len("_acc")]: mean([v]) for k, v in (section or {}).items() if k.endswith("_acc")}
+
+
+def record_scores(post: dict) -> dict:
+    """One record's scores from the host's metric dict of one phase ('post' or 'pre').
+
+    rel/gen: rewrite_acc and rephrase_acc; loc/port: the mean over the record's kinds of each kind's
+    mean, as EasyEdit's KnowEdit summary takes them; the kinds themselves; fluency: n-gram entropy.
+    """
+    locality, portability = _kinds(post.get("locality")), _kinds(post.get("portability"))
+    return {
+        "rel": mean([post.get("rewrite_acc")]), "gen": mean([post.get("rephrase_acc")]),
+        "loc": mean(locality.values()), "port": mean(portability.values()),
+        "fluency": (post.get("fluency") or {}).get("ngram_entropy"),
+        "loc_kinds": locality, "port_kinds": portability,
+    }
+
+
+def _by_kind(scores: List[dict], field: str) -> Dict[str, Optional[float]]:
+    kinds = list(dict.fromkeys(k for s in scores for k in (s.get(field) or {})))
+    return {k: mean([(s.get(field) or {}).get(k) for s in scores]) for k in kinds}
+
+
+def knowedit_summary(scores: List[dict]) -> dict:
+    """KnowEdit's own summary over per-record scores (record_scores), as EasyEdit's KnowEdit script
+    computes it: Edit Succ (rewrite accuracy), Portability and Locality (per record the mean of its
+    kinds, then over the records that have any; and each kind over the records that have it),
+    Fluency (n-gram entropy), and the harmonic mean of Edit Succ, Portability and Locality."""
+    summary = {
+        "edit_succ": mean([s.get("rel") for s in scores]),
+        "portability": mean([s.get("port") for s in scores]), "portability_kinds": _by_kind(scores, "port_kinds"),
+        "locality": mean([s.get("loc") for s in scores]), "locality_kinds": _by_kind(scores, "loc_kinds"),
+        "fluency": mean([s.get("fluency") for s in scores]),
+    }
+    summary["hm"] = harmonic_mean([summary["edit_succ"], summary["portability"], summary["locality"]])
+    return summary

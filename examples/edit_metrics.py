@@ -12,35 +12,22 @@ from __future__ import annotations
 import time
 from typing import Callable, Dict, List, Optional
 
-import numpy as np
+import host_setup  # noqa: F401  (puts the checkout on sys.path)
+from easyedit_baft.metrics import mean, record_scores  # noqa: E402
 
-SUMMARY_KEYS = ("reliability", "generalization", "locality", "portability")
-
-
-def _mean(values) -> Optional[float]:
-    values = [float(np.mean(v)) for v in values if v is not None and np.size(v) > 0]
-    return float(np.mean(values)) if values else None
-
-
-def _section_mean(phase: dict, section: str) -> Optional[float]:
-    scores = phase.get(section) or {}
-    return _mean([v for k, v in scores.items() if k.endswith("_acc")])
+# Summary name -> the per-record score it averages (easyedit_baft.metrics.record_scores).
+SUMMARY_KEYS = {"reliability": "rel", "generalization": "gen", "locality": "loc", "portability": "port"}
 
 
 def summarize(all_metrics: List[dict], phase: str = "post") -> Dict[str, Optional[float]]:
     """The four means over records for 'post' (after each edit) or 'pre' (before)."""
-    phases = [m.get(phase, {}) for m in all_metrics]
-    summary = {
-        "reliability": _mean([p.get("rewrite_acc") for p in phases]),
-        "generalization": _mean([p.get("rephrase_acc") for p in phases]),
-        "locality": _mean([_section_mean(p, "locality") for p in phases]),
-        "portability": _mean([_section_mean(p, "portability") for p in phases]),
-    }
+    scores = [record_scores(m.get(phase, {})) for m in all_metrics]
+    summary = {name: mean([s[key] for s in scores]) for name, key in SUMMARY_KEYS.items()}
     if phase == "pre":
         summary["locality"] = None  # locality compares post with pre: it has no 'pre' value
-    fluency = [p["fluency"]["ngram_entropy"] for p in phases if isinstance(p.get("fluency"), dict)]
-    if fluency:
-        summary["fluency"] = float(np.mean(fluency))
+    fluency = mean([s["fluency"] for s in scores])
+    if fluency is not None:
+        summary["fluency"] = fluency
     return summary
 
 
@@ -72,7 +59,7 @@ class EditTimer:
 
     @property
     def mean(self) -> Optional[float]:
-        return float(np.mean(self.seconds)) if self.seconds else None
+        return mean(self.seconds)
 
 
 def _cell(value: Optional[float], percent: bool = True) -> str:

@@ -18,9 +18,9 @@ import logging
 import sys
 from pathlib import Path
 
-from edit_metrics import summarize
 from host_setup import fluency_without_punkt, load_hparams, require_host, resolve_model, set_threads
 
+from easyedit_baft.metrics import knowedit_summary, record_scores  # noqa: E402
 from easyedit_baft.records import edit_kwargs  # noqa: E402
 
 LOG = logging.getLogger("run_knowedit")
@@ -71,11 +71,16 @@ def ike_train_ds(host, args, hparams):
 
 
 def print_summary(metrics: list) -> dict:
-    summary = summarize(metrics)
-    for label, key in (("Edit_Succ", "reliability"), ("Overall_portability", "portability"),
-                       ("Overall_locality", "locality"), ("Fluency", "fluency")):
-        if summary.get(key) is not None:
-            print(f"{label}: {100 * summary[key]:.2f}")
+    """KnowEdit's own summary, printed as the host's KnowEdit script prints it (x 100)."""
+    summary = knowedit_summary([record_scores(m["post"]) for m in metrics])
+    lines = [("Edit_Succ", summary["edit_succ"]), ("Overall_portability", summary["portability"])]
+    lines += [(f"Portability_{k}", v) for k, v in summary["portability_kinds"].items()]
+    lines += [("Overall_locality", summary["locality"])]
+    lines += [(f"Locality_{k}", v) for k, v in summary["locality_kinds"].items()]
+    lines += [("Fluency", summary["fluency"]), ("HM(Edit_Succ, portability, locality)", summary["hm"])]
+    for label, value in lines:
+        if value is not None:
+            print(f"{label}: {100 * value:.2f}")
     return summary
 
 
