@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_data import build_requests, training_loc_prompts
+from bench_data import build_requests, data_hash, training_loc_prompts
 from bench_host import generate_full_length, import_host, metric_functions, scored_by_generation
 from bench_memory import PeakMemory
 from bench_methods import MethodSpec, load_hparams
 from bench_checkpoint import SequenceCheckpoint, checkpoint_dir
 from bench_journal import Journal, journal_path
 from bench_scenarios import Host, Scenario, mean_scores, pre_edit_metrics, run_scenario
+from bench_spec import RunSpec, changed_fields, finished_result, model_fingerprint
 
 
 def _json_default(value):
@@ -48,20 +49,18 @@ def resolve_stats_dir(args, hparams_file: Path):
     return path if path.is_absolute() else (Path(__file__).resolve().parent.parent / path).resolve()
 
 
-def _pre_cache_path(args, data_set: str, alg_name: str) -> Path:
-    # A method scored by generation has other pre-edit outputs than the teacher-forced ones.
-    mode = "generate" if scored_by_generation(alg_name) else "teacher"
-    tag = Path(str(args.model)).name
-    return args.results_dir / "pre_cache" / f"{tag}__{data_set}__n{args.n}__{mode}.json"
+def _pre_cache_path(args, spec: MethodSpec, run: RunSpec) -> Path:
+    # Pre-edit outputs depend on the model, the records and, for a method scored by generation, the scoring.
+    mode = "generate" if scored_by_generation(spec.alg_name) else "teacher"
+    name = f"{run.model_fingerprint}__{run.data_sha256}__n{run.n}__{mode}.json"
+    return args.results_dir / "pre_cache" / name
 
 
-def pre_edit(args, host: Host, editor, spec: MethodSpec, data_set: str, requests):
-    """Pre-edit metrics, shared between methods through a cache file (they depend only on the model)."""
-    path = _pre_cache_path(args, data_set, spec.alg_name)
+def pre_edit(args, host: Host, editor, spec: MethodSpec, run: RunSpec, requests):
+    """Pre-edit metrics, shared between methods through a cache file keyed by model, data and n."""
+    path = _pre_cache_path(args, spec, run)
     if path.is_file():
-        cached = json.loads(path.read_text())
-        if len(cached) == len(requests):
-            return cached
+        return json.loads(path.read_text())
     pres = json.loads(json.dumps(pre_edit_metrics(host, editor, requests), default=_json_default))
     write_json(path, pres)
     return pres
@@ -103,48 +102,11 @@ def hparams_record(hparams) -> dict:
     return json.loads(json.dumps(fields, default=_json_default))
 
 
-# Fields the benchmark sets itself (load_hparams), so a file's value there says nothing about a run.
-RUN_SET_FIELDS = ("model_name", "device", "batch_size", "stats_dir")
-
-
-def _same_value(recorded, value) -> bool:
-    # PyYAML reads '5e-1' as a string; the hparams classes hold the number it names.
-    if isinstance(value, str) and isinstance(recorded, (int, float)) and not isinstance(recorded, bool):
-        try:
-            return float(value) == recorded
-        except ValueError:
-            return False
-    return value == recorded
-
-
-def hparams_changes(spec: MethodSpec, hparams_file: Path, recorded: dict) -> list:
-    """'field: recorded -> file' for each field of hparams_file that a saved result was not made with."""
-    import yaml
-
-    from easyedit_baft.hparams.baft_hparams import locality_source_from_file
-
-    values = dict(yaml.safe_load(hparams_file.read_text()) or {})
-    values.update(spec.baft_overrides)
-    changes = []
-    for name, value in values.items():
-        if name in RUN_SET_FIELDS or name not in recorded:
-            continue
-        # Relative paths as the run resolved them, and as its record writes them.
-        if name == "locality_source" and value != (resolved := locality_source_from_file(value, hparams_file)):
-            value = portable_path(resolved)
-        elif name == "P_loc" and isinstance(value, str) and not Path(value).expanduser().is_absolute():
-            value = portable_path(REPO_ROOT / value)
-        value = json.loads(json.dumps(value, default=_json_default))
-        if not _same_value(recorded[name], value):
-            changes.append(f"{name}: {recorded[name]!r} -> {value!r}")
-    return changes
-
-
-def summarise(spec, scenario, data_set, args, result, peak, hparams, hparams_file, seconds) -> dict:
+def summarise(spec, scenario, data_set, args, result, peak, hparams, hparams_file, seconds, run: RunSpec) -> dict:
     scores = mean_scores(result.records)
     edit_seconds = result.edit_seconds
     return {
-        "status": "ok", "method": spec.name, "alg_name": spec.alg_name, "set": data_set,
+        "status": "ok", **run.record(), "method": spec.name, "alg_name": spec.alg_name, "set": data_set,
         "scenario": scenario.name, "n": args.n, "n_edits": result.n_edits,
         "n_scored": len(result.records), **scores,
         "seconds_per_edit": float(np.mean(edit_seconds)) if edit_seconds else None,
@@ -187,24 +149,30 @@ def open_progress(args, spec, data_set, scenario, hparams, out: Path):
     return progress
 
 
-def run_one(args, host, spec, hparams_file, stats_dir, data_set, scenario, requests, out: Path):
+def run_one(args, host, spec, hparams, hparams_file, data_set, scenario, requests, out: Path, run: RunSpec):
     """Fresh model, pre-edit outputs, the scenario; returns the summary dict and the run's progress."""
     started = time.time()
-    batch_size = scenario.size if scenario.kind == "batch" else 1
-    hparams = load_hparams(spec, hparams_file, args.model_dir, stats_dir, batch_size)
     progress = open_progress(args, spec, data_set, scenario, hparams, out)
     with PeakMemory() as peak:
         editor = host.BaseEditor(hparams)
         if scored_by_generation(spec.alg_name):  # the host generates len(target) tokens to score
             generate_full_length(editor.model)
-        pres = pre_edit(args, host, editor, spec, data_set, requests)
+        pres = pre_edit(args, host, editor, spec, run, requests)
         result = run_scenario(host, editor, spec, scenario, requests, pres, args.fluency_n, args.checkpoints,
                               progress)
     result.requests = requests[: len(result.records)]
     del editor
     summary = summarise(spec, scenario, data_set, args, result, peak.report(), hparams, hparams_file,
-                        time.time() - started + result.resumed_seconds)
+                        time.time() - started + result.resumed_seconds, run)
     return summary, progress
+
+
+def run_spec(args, spec: MethodSpec, hparams, data_set: str, scenario: Scenario, data_sha: str, model_fp: str):
+    """The RunSpec of one (method, data set, scenario) with the hparams as this run resolved them."""
+    protocol = {"fluency_n": args.fluency_n}
+    if scenario.kind == "seq":
+        protocol["checkpoints"] = sorted(args.checkpoints)
+    return RunSpec(spec.name, data_set, scenario.name, args.n, hparams_record(hparams), data_sha, model_fp, protocol)
 
 
 def _skip_reason(args, spec: MethodSpec, scenario: Scenario, n: int):
@@ -228,6 +196,7 @@ def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
     host = Host(**metric_functions())
     args.model_dir = resolve_model_path(args.model)
     stats_dir = resolve_stats_dir(args, hparams_file) if hparams_file.is_file() else None
+    model_fp = model_fingerprint(args.model_dir)
     failed = 0
     for data_set in args.sets:
         loc_prompts = training_loc_prompts(args.data_dir, args.n) if spec.takes_loc_prompts else None
@@ -235,22 +204,37 @@ def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
         if loc_prompts:
             prepare = lambda *a, **k: host.prepare_requests(*a, loc_prompts=loc_prompts, **k)  # noqa: E731
         requests = build_requests(prepare, args.data_dir, data_set, args.n)
+        data_sha = data_hash(args.data_dir, data_set)
         for name in args.scenarios:
             scenario = Scenario.parse(name)
             out = result_path(args.results_dir, args.n, spec.name, data_set, name)
-            if out.is_file() and not args.force:
-                saved = json.loads(out.read_text())
-                if saved.get("n") == args.n and saved.get("status") == "ok":
-                    continue
+            where = f"[{spec.name}] {data_set} {name}"
+            try:
+                hparams = load_hparams(spec, hparams_file, args.model_dir, stats_dir,
+                                       scenario.size if scenario.kind == "batch" else 1)
+                run = run_spec(args, spec, hparams, data_set, scenario, data_sha, model_fp)
+            except Exception as err:
+                traceback.print_exc()
+                failed += 1
+                write_json(out, {"status": "failed", "method": spec.name, "set": data_set, "scenario": name,
+                                 "n": args.n, "error": f"{type(err).__name__}: {err}"})
+                continue
+            done = None if args.force else finished_result(out, run)
+            if done:
+                print(f"{where}: skipped, {done} (--force redoes it)", flush=True)
+                continue
+            if out.is_file() and json.loads(out.read_text()).get("status") == "ok":
+                print(f"{where}: redone, its result is of another run ({'; '.join(changed_fields(out, run))})",
+                      flush=True)
             reason = _skip_reason(args, spec, scenario, args.n)
             if reason:
                 write_json(out, {"status": "skipped", "method": spec.name, "set": data_set,
                                  "scenario": name, "n": args.n, "reason": reason})
                 continue
-            print(f"[{spec.name}] {data_set} {name}: start {time.strftime('%H:%M:%S')}", flush=True)
+            print(f"{where}: start {time.strftime('%H:%M:%S')}", flush=True)
             try:
-                summary, progress = run_one(args, host, spec, hparams_file, stats_dir, data_set, scenario,
-                                           requests, out)
+                summary, progress = run_one(args, host, spec, hparams, hparams_file, data_set, scenario,
+                                            requests, out, run)
             except Exception as err:
                 traceback.print_exc()
                 failed += 1
@@ -260,7 +244,7 @@ def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
             write_json(out, summary)
             if progress:
                 progress.done()
-            print(f"[{spec.name}] {data_set} {name}: rel={summary['rel']} gen={summary['gen']} "
+            print(f"{where}: rel={summary['rel']} gen={summary['gen']} "
                   f"loc={summary['loc']} port={summary['port']} s/edit={summary['seconds_per_edit']:.2f} "
                   f"wall={summary['wall_seconds']:.0f}s", flush=True)
     return 1 if failed else 0

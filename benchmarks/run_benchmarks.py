@@ -5,15 +5,15 @@
 
 Each method runs in its own worker process (so its peak memory is its own, and one method's
 failure leaves the others running). Every finished (method, data set, scenario) is written to
-RESULTS/runs/ at once: a run that is cut off keeps what finished, and running the same command
-again skips it, unless the method's hparams file has changed since (--force redoes it anyway).
+RESULTS/runs/ at once, with its run key (bench_spec.RunSpec: method, data set, scenario, n, resolved
+hparams, data file hash, model fingerprint): running the same command again skips what finished under
+the same key and redoes what was made with anything else (--force redoes it anyway).
 The report (results.json, results.md, plots) is rebuilt after every method.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -119,22 +119,6 @@ def result_path(results_dir: Path, n: int, method: str, data_set: str, scenario:
     return results_dir / "runs" / f"n{n}" / data_set / scenario / f"{method}.json"
 
 
-def have_result(args, method: str, data_set: str, scenario: str) -> bool:
-    path = result_path(args.results_dir, args.n, method, data_set, scenario)
-    if args.force or not path.is_file():
-        return False
-    saved = json.loads(path.read_text())
-    if saved.get("n") != args.n or saved.get("status") != "ok":
-        return False
-    from bench_worker import hparams_changes
-
-    # A result of other hparams would put an old config's numbers under the current one's name.
-    changes = hparams_changes(METHODS[method], hparams_path(args, method), saved.get("hparams", {}))
-    if changes:
-        print(f"[{method}] {data_set} {scenario}: redone, its hparams changed ({'; '.join(changes)})", flush=True)
-    return not changes
-
-
 # ---- worker: one method, every set and scenario ----------------------------------------------
 
 
@@ -168,21 +152,6 @@ def worker_command(args, method: str) -> List[str]:
     return command
 
 
-def record_limited_scenarios(args) -> None:
-    """Scenarios that --scenarios-for leaves out get a 'skipped' result, so the tables say why."""
-    from bench_worker import write_json
-
-    for method, allowed in args.scenario_limits.items():
-        if method not in args.methods:
-            continue
-        for data_set in args.sets:
-            for scenario in args.scenarios:
-                if scenario not in allowed and not have_result(args, method, data_set, scenario):
-                    write_json(result_path(args.results_dir, args.n, method, data_set, scenario), {
-                        "status": "skipped", "method": method, "set": data_set, "scenario": scenario, "n": args.n,
-                        "reason": f"not run: --scenarios-for limited {method} to {','.join(allowed)} (time budget)"})
-
-
 def run_driver(args) -> int:
     from bench_report import write_report
 
@@ -192,15 +161,8 @@ def run_driver(args) -> int:
     # The workers' working directory collects the host's own log files (it writes ./logs).
     workdir = args.results_dir / "host_workdir"
     workdir.mkdir(parents=True, exist_ok=True)
-    queue = []
-    record_limited_scenarios(args)
-    for method in args.methods:
-        allowed = args.scenario_limits.get(method, args.scenarios)
-        pending = [(s, c) for s in args.sets for c in allowed if not have_result(args, method, s, c)]
-        if pending:
-            queue.append(method)
-        else:
-            print(f"[{method}] all results present, skipped (use --force to redo)", flush=True)
+    # Each worker decides, per data set and scenario, whether a finished result exists under its run key.
+    queue = list(args.methods)
     running = {}
     while queue or running:
         while queue and len(running) < max(args.jobs, 1):

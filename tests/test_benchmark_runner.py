@@ -5,6 +5,7 @@ import json
 import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from bench_journal import Journal, journal_path  # noqa: E402
 from bench_methods import METHODS, load_hparams  # noqa: E402
 from bench_report import curve_points, load_runs, table_row  # noqa: E402
 from bench_scenarios import Host, run_sequential, run_single  # noqa: E402
-from bench_worker import REPO_ROOT, hparams_changes, hparams_record, portable_path  # noqa: E402
+from bench_worker import REPO_ROOT, portable_path  # noqa: E402
 
 
 class Interrupted(Exception):
@@ -230,21 +231,100 @@ def test_relative_locality_source_is_read_from_the_yaml_folder(tmp_path, monkeyp
     assert load_hparams(METHODS["BaFT"], path, "model-dir", None).locality_source == expected
 
 
-@pytest.mark.parametrize("method", ["BaFT", "ReFT"])
-def test_saved_result_is_redone_only_when_its_hparams_file_changed(tmp_path, method):
-    shipped = (REPO_ROOT / "hparams" / "BaFT" / "smollm2-135m.yaml").read_text()
-    path = tmp_path / "baft.yaml"
-    path.write_text(re.sub(r"(?m)^locality_source: .*$", "locality_source: ../shared/data/zsre/x.json", shipped))
-    recorded = hparams_record(load_hparams(METHODS[method], path, "model-dir", None))
-    assert hparams_changes(METHODS[method], path, recorded) == []
-    # The same value spelled as PyYAML reads it (a string) is no change.
-    path.write_text(path.read_text().replace("lr: 0.01", "lr: '1e-2'"))
-    assert hparams_changes(METHODS[method], path, recorded) == []
-    path.write_text(re.sub(r"(?m)^lambda_loc: .*$", "lambda_loc: 3.0", path.read_text()))
-    path.write_text(re.sub(r"(?m)^locality_source: .*$", "locality_source: builtin", path.read_text()))
-    changes = hparams_changes(METHODS[method], path, recorded)
-    assert [c.split(":")[0] for c in changes] == ["lambda_loc", "locality_source"]
-    assert changes[1].endswith("x.json' -> 'builtin'")
+class WorkerEditor(FakeEditor):
+    """The host's BaseEditor(hparams) for the worker: counts every edit made, in any instance."""
+
+    made = []
+
+    def __init__(self, hparams):
+        super().__init__()
+        self.hparams = hparams
+
+    def apply_algo(self, model, tok, requests, hparams, **kwargs):
+        WorkerEditor.made.append((requests[0]["prompt"], hparams.layers))
+        return super().apply_algo(model, tok, requests, hparams)
+
+
+@pytest.fixture
+def worker(tmp_path, monkeypatch):
+    """run_method on a stand-in host and editor: real runner, spec, skip and report code."""
+    import bench_worker
+    import easyedit_baft.model_loading as model_loading
+    import run_benchmarks
+
+    data = tmp_path / "data" / "zsre"
+    data.mkdir(parents=True)
+    records = [{"src": f"Who made Q{i}?", "alt": "A", "answers": ["B"], "rephrase": f"Q{i} was made by?",
+                "subject": f"Q{i}", "loc": "nq?", "loc_ans": "x"} for i in range(2)]
+    (data / "zsre_mend_eval_portability_gpt4.json").write_text(json.dumps(records))
+    model = tmp_path / "model-llama"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    hparams_file = tmp_path / "rome.yaml"
+
+    def load_hparams(spec, path, model_dir, stats_dir, batch_size=1):
+        import yaml
+
+        return SimpleNamespace(alg_name="ROME", device="cpu", model_name=model_dir, **yaml.safe_load(path.read_text()))
+
+    def quality(model, name, hparams, tok, request, device, test_generation=False):
+        return {"rewrite_acc": [1.0], "rephrase_acc": [1.0], "locality": {}, "portability": {}}
+
+    host = dict(BaseEditor=WorkerEditor, compute_edit_quality=quality, finalize_locality_metrics=lambda *a: None,
+                restore_after_edit=lambda *a: None,
+                prepare_requests=lambda p, t, g, **k: [{"prompt": q, "target_new": a} for q, a in zip(p, t)])
+    monkeypatch.setattr(bench_worker, "import_host", lambda: None)
+    monkeypatch.setattr(bench_worker, "metric_functions", lambda: host)
+    monkeypatch.setattr(bench_worker, "load_hparams", load_hparams)
+    monkeypatch.setattr(model_loading, "resolve_model_path", lambda name: str(model))
+    WorkerEditor.made = []
+
+    def run(layers, *extra):
+        hparams_file.write_text(f"layers: {layers}\n")
+        args = run_benchmarks.parse_args(["--worker", "ROME", "--methods", "ROME", "--model", str(model),
+                                          "--data-dir", str(tmp_path / "data"), "--n", "2", "--sets", "zsre",
+                                          "--scenarios", "single", "--results-dir", str(tmp_path / "results"),
+                                          "--hparams", f"ROME={hparams_file}", *extra])
+        made = len(WorkerEditor.made)
+        assert bench_worker.run_method(args, METHODS["ROME"], hparams_file, run_benchmarks.result_path) == 0
+        return WorkerEditor.made[made:], tmp_path / "results" / "runs" / "n2" / "zsre" / "single" / "ROME.json"
+
+    return run
+
+
+def test_worker_redoes_a_changed_config_and_skips_the_same_one(worker):
+    made, out = worker([5])
+    assert made == [("Who made Q0?", [5]), ("Who made Q1?", [5])]
+    first = json.loads(out.read_text())
+    assert first["hparams"]["layers"] == [5] and len(first["run_key"]) == 16
+    assert worker([5])[0] == []  # the same spec: its finished result is kept
+    made, _ = worker([6])  # another config under the same name: really redone, not kept
+    assert made == [("Who made Q0?", [6]), ("Who made Q1?", [6])]
+    second = json.loads(out.read_text())
+    assert second["hparams"]["layers"] == [6] and second["run_key"] != first["run_key"]
+    assert worker([6], "--force")[0] != []
+
+
+def test_worker_keys_on_the_data_and_the_pre_edit_cache_follows(worker, tmp_path):
+    worker([5])
+    path = tmp_path / "data" / "zsre" / "zsre_mend_eval_portability_gpt4.json"
+    records = json.loads(path.read_text())
+    records[1]["alt"] = "C"
+    path.write_text(json.dumps(records))
+    assert len(worker([5])[0]) == 2  # the same n and hparams, other data: redone
+    assert len(list((tmp_path / "results" / "pre_cache").glob("*.json"))) == 2
+
+
+def test_a_result_from_before_run_keys_counts_only_for_the_hparams_it_recorded(worker):
+    _, out = worker([5])
+    legacy = json.loads(out.read_text())
+    for field in ("run_key", "run_spec"):
+        legacy.pop(field)
+    out.write_text(json.dumps(legacy))
+    assert worker([5])[0] == []  # what it recorded is this run's: read as finished
+    [shown] = load_runs(out.parents[4])
+    assert shown["status"] == "ok" and "run_key" not in shown  # the report still reads it
+    assert len(worker([7])[0]) == 2  # never taken for another config
 
 
 def test_generation_for_grace_scoring_runs_to_full_length():
