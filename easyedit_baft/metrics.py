@@ -61,8 +61,10 @@ def mean(values) -> Optional[float]:
     and nothing left to average gives None (not measured), never 0."""
     kept = []
     for value in values:
-        if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
-            value = mean(value.tolist() if hasattr(value, "tolist") else value)
+        if getattr(value, "ndim", 0) > 0:  # a numpy array, as the host returns some scores
+            value = value.tolist()
+        if isinstance(value, (list, tuple)):
+            value = mean(value)
         if value is not None and not math.isnan(float(value)):
             kept.append(float(value))
     return sum(kept) / len(kept) if kept else None

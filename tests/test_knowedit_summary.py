@@ -73,6 +73,8 @@ def test_one_harmonic_mean_rule(values, expected):
 def test_one_mean_rule():
     assert mean([]) is None and mean([None, float("nan")]) is None
     assert mean([[1.0, 0.0], 1.0, None, []]) == pytest.approx(0.75)  # a list counts as its own mean
+    np = pytest.importorskip("numpy")
+    assert mean([np.float64(1.0), np.array([0.0, 1.0]), np.float32("nan")]) == pytest.approx(0.75)
 
 
 def test_report_gives_knowedit_sets_their_own_table(tmp_path):
