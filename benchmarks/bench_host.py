@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from easyedit_baft.metrics import fluency_without_punkt
+
 
 class HostError(RuntimeError):
     """EasyEdit could not be imported or lacks what the benchmark needs; the message says how to fix it."""
@@ -36,29 +38,8 @@ def import_host():
             "'BaFT' is not in easyeditor's ALG_DICT after `import easyedit_baft`; "
             "install a version of easyedit_baft whose import registers it (easyedit_baft/host.py)"
         )
-    _tolerate_missing_punkt()
+    fluency_without_punkt()  # the host's fluency needs NLTK data an offline machine may lack
     return easyeditor
-
-
-def _tolerate_missing_punkt() -> None:
-    """Let the host's n-gram entropy run without NLTK's punkt model (not installable offline).
-
-    nltk.word_tokenize first splits sentences with punkt; preserve_line=True skips only that
-    split and keeps NLTK's own word tokenizer, so the entropy definition stays the host's.
-    """
-    import nltk
-
-    try:
-        nltk.word_tokenize("Probe sentence. Second one.")
-        return
-    except LookupError:
-        pass
-    original = nltk.word_tokenize
-
-    def word_tokenize(text, language="english", preserve_line=False):
-        return original(text, language=language, preserve_line=True)
-
-    nltk.word_tokenize = word_tokenize
 
 
 def scored_by_generation(alg_name: str) -> bool:

@@ -186,6 +186,13 @@ def _skip_reason(args, spec: MethodSpec, scenario: Scenario, n: int):
     return None
 
 
+def _record_failure(out: Path, spec: MethodSpec, data_set: str, scenario: str, n: int, err: Exception) -> int:
+    traceback.print_exc()
+    write_json(out, {"status": "failed", "method": spec.name, "set": data_set, "scenario": scenario, "n": n,
+                     "error": f"{type(err).__name__}: {err}"})
+    return 1
+
+
 def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
     from easyedit_baft.model_loading import resolve_model_path
 
@@ -214,10 +221,7 @@ def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
                                        scenario.size if scenario.kind == "batch" else 1)
                 run = run_spec(args, spec, hparams, data_set, scenario, data_sha, model_fp)
             except Exception as err:
-                traceback.print_exc()
-                failed += 1
-                write_json(out, {"status": "failed", "method": spec.name, "set": data_set, "scenario": name,
-                                 "n": args.n, "error": f"{type(err).__name__}: {err}"})
+                failed += _record_failure(out, spec, data_set, name, args.n, err)
                 continue
             done = None if args.force else finished_result(out, run)
             if done:
@@ -236,10 +240,7 @@ def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
                 summary, progress = run_one(args, host, spec, hparams, hparams_file, data_set, scenario,
                                             requests, out, run)
             except Exception as err:
-                traceback.print_exc()
-                failed += 1
-                write_json(out, {"status": "failed", "method": spec.name, "set": data_set, "scenario": name,
-                                 "n": args.n, "error": f"{type(err).__name__}: {err}"})
+                failed += _record_failure(out, spec, data_set, name, args.n, err)
                 continue
             write_json(out, summary)
             if progress:

@@ -119,3 +119,27 @@ def knowedit_summary(scores: List[dict]) -> dict:
     }
     summary["hm"] = harmonic_mean([summary["edit_succ"], summary["portability"], summary["locality"]])
     return summary
+
+
+def fluency_without_punkt() -> bool:
+    """Let the host's fluency metric run where NLTK's punkt_tab data is missing; True if it was.
+
+    The host's n-gram entropy calls nltk.word_tokenize, which first splits sentences with punkt_tab
+    (a separate download). preserve_line=True skips only that sentence split; the word tokenizer
+    and so the metric's definition stay NLTK's own.
+    """
+    import nltk
+
+    try:
+        nltk.data.find("tokenizers/punkt_tab/english/")
+        return False
+    except LookupError:
+        pass
+    word_tokenize = getattr(nltk.word_tokenize, "__wrapped__", nltk.word_tokenize)
+
+    def word_tokenize_one_line(text, language="english", preserve_line=False):
+        return word_tokenize(text, language=language, preserve_line=True)
+
+    word_tokenize_one_line.__wrapped__ = word_tokenize
+    nltk.word_tokenize = word_tokenize_one_line
+    return True

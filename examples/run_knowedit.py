@@ -18,9 +18,9 @@ import logging
 import sys
 from pathlib import Path
 
-from host_setup import fluency_without_punkt, load_hparams, require_host, resolve_model, set_threads
+from host_setup import load_hparams, require_host, resolve_model, set_threads
 
-from easyedit_baft.metrics import knowedit_summary, record_scores  # noqa: E402
+from easyedit_baft.metrics import fluency_without_punkt, knowedit_summary, record_scores  # noqa: E402
 from easyedit_baft.records import edit_kwargs  # noqa: E402
 
 LOG = logging.getLogger("run_knowedit")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from easyedit_baft.records import edit_kwargs
-from host_setup import fluency_without_punkt
+from easyedit_baft.metrics import fluency_without_punkt
 from host_testing import ZSRE_TRAIN, assert_zsre_metrics, baft_hparams, need_data, probe_logits
 
 from easyedit_baft.layers import get_state
