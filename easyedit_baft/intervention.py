@@ -5,8 +5,9 @@
 
 R (r x d) has orthonormal rows within each block of bases. With g == 1 this is LoReFT (Wu et al., 2024).
 Continual editing grows the rank in blocks: grow(k) freezes every basis so far and adds k trainable ones,
-so later edits cannot overwrite what earlier edits wrote. Blocks are not orthogonal to one another:
-each block's update is computed from h itself, so blocks add up, and the gates keep them apart.
+so later edits cannot overwrite what earlier edits wrote. A new block is kept orthogonal to the frozen
+bases while the hidden size has room; past that it is free. Each block's update is computed from h
+itself, so blocks add up whatever their directions, and the gates keep them apart.
 This module is math only: it knows nothing of models, layers or training.
 """
 
@@ -84,7 +85,7 @@ class BaFTIntervention(nn.Module):
                              f"bases; use grow_rank <= {d}")
         if generator is None:  # placeholder values (a load overwrites them); leave the global RNG alone
             generator = torch.Generator().manual_seed(0)
-        rotation = orthonormal_rows(torch.randn(rank, d, generator=generator))
+        rotation = self._outside_frozen(torch.randn(rank, d, generator=generator))
         gate_weight = torch.randn(rank, d, generator=generator) * self.gate_init_std
         self.rotation = nn.Parameter(rotation)
         # W = R and b = 0 make the update exactly zero: an untrained edit changes nothing.
@@ -92,6 +93,14 @@ class BaFTIntervention(nn.Module):
         self.source_bias = nn.Parameter(torch.zeros(rank))
         self.gate_weight = nn.Parameter(gate_weight)
         self.gate_bias = nn.Parameter(torch.full((rank,), float(self.gate_init_bias)))
+
+    def _outside_frozen(self, rows: torch.Tensor) -> torch.Tensor:
+        """Orthonormal rows, orthogonal to the frozen bases while the hidden size has room for them."""
+        frozen = self.frozen_rotation
+        if 0 < frozen.shape[0] and frozen.shape[0] + rows.shape[0] <= self.hidden_size:
+            frozen = frozen.to(rows)
+            rows = rows - (rows @ frozen.T) @ frozen
+        return orthonormal_rows(rows)
 
     @property
     def block_rank(self) -> int:
@@ -147,7 +156,7 @@ class BaFTIntervention(nn.Module):
     @torch.no_grad()
     def retract(self) -> None:
         """Put the trainable block's R back on orthonormal rows (the optimiser moves it freely)."""
-        self.rotation.copy_(orthonormal_rows(self.rotation))
+        self.rotation.copy_(self._outside_frozen(self.rotation))
 
     @torch.no_grad()
     def grow(self, rank: int, generator: torch.Generator | None = None) -> None:

@@ -22,7 +22,7 @@ def test_grow_keeps_the_update_and_adds_a_trainable_orthonormal_block():
     torch.testing.assert_close(module(h), before, rtol=0, atol=1e-5)  # the new block starts at zero
     R = module.R.detach()
     torch.testing.assert_close(R[:RANK], old_R)
-    torch.testing.assert_close(R[RANK:] @ R[RANK:].T, torch.eye(3), rtol=0, atol=1e-5)
+    torch.testing.assert_close(R @ R.T, torch.eye(RANK + 3), rtol=0, atol=1e-5)  # orthogonal while there is room
     assert module.gates(h).shape == (3, 5, RANK + 3)
     assert module.num_parameters() == sum(p.numel() for p in module.parameters())
 
@@ -43,14 +43,17 @@ def test_after_grow_only_the_new_block_receives_gradients():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
     for name, tensor in frozen_before.items():
         assert torch.equal(getattr(module, name), tensor), name
-    block = module.rotation.detach()
-    torch.testing.assert_close(block @ block.T, torch.eye(2), rtol=0, atol=1e-5)
+    R = module.R.detach()
+    torch.testing.assert_close(R @ R.T, torch.eye(RANK + 2), rtol=0, atol=1e-5)  # the retraction keeps it so
 
 
 def test_growth_has_no_cap_at_the_hidden_size():
     module = BaFTIntervention(D, RANK)
     for seed in range(D):  # 4 + 16 * 4 bases in a 16-dimensional space
-        module.grow(RANK, torch.Generator().manual_seed(seed))
+        module.grow(RANK, torch.Generator().manual_seed(seed + 1))  # seed 0 drew the first block
+        if module.rank == D:  # the space is full: every basis so far is orthogonal to the others
+            R = module.R.detach()
+            torch.testing.assert_close(R @ R.T, torch.eye(D), rtol=0, atol=1e-4)
     assert module.rank == RANK * (D + 1) > D
     assert module.num_parameters() == 3 * RANK * D + 2 * RANK  # what one edit trains stays the same
 
