@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -103,7 +104,10 @@ def main():
     last = max(args.start + args.single, args.sequence_start + max(args.sequence, args.batch))
     cases = load_edit_cases(data, last)
     pass_s = reference_pass_seconds(model)
-    results = {"package_root": args.package_root, "hparams": hparams_path, "reference_pass_s": pass_s}
+    # The commit and the config's name, not this machine's paths: results are committed.
+    commit = subprocess.run(["git", "-C", args.package_root, "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip() or "unknown"
+    results = {"package_commit": commit, "hparams": Path(hparams_path).name, "reference_pass_s": pass_s}
     print(f"reference pass (whole model, forward + backward, 1 x 32 tokens): {pass_s:.3f} s")
 
     def edit(requests):
