@@ -86,10 +86,8 @@ def apply_baft_to_model(
         _check_compatible(state, hparams)
         snapshot = state.snapshot()
     undo = RestoreEdit(model, snapshot)
-    # After model.to(...), interventions follow their layers before training reads them directly.
-    layers = plumbing.decoder_layers(model)
-    for index, module in state.interventions.items():
-        module.to(plumbing.layer_device(layers[index]))
+    # Training reads the interventions directly, before any hook could move them.
+    plumbing.place_on_layers(model, state)
 
     try:
         if hparams.grow_rank and state.edit_count > 0:

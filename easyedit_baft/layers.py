@@ -159,12 +159,19 @@ def attach(model: nn.Module, interventions: Dict[int, BaFTIntervention], hparams
     layers = decoder_layers(model)
     state = BaFTState(hparams_dict)
     for index, module in sorted(interventions.items()):
-        module.to(layer_device(layers[index]))
         state.interventions[index] = module
         state.hooks.append(layers[index].register_forward_hook(_InterventionHook(state, index)))
+    place_on_layers(model, state)
     # A plain attribute, not a submodule: the model's state_dict and parameters stay as they were.
     model.__dict__[STATE_ATTR] = state
     return state
+
+
+def place_on_layers(model: nn.Module, state: BaFTState) -> None:
+    """Move each intervention to its layer's device (after model.to(...), they are left behind)."""
+    layers = decoder_layers(model)
+    for index, module in state.interventions.items():
+        module.to(layer_device(layers[index]))
 
 
 def detach(model: nn.Module) -> None:
