@@ -64,13 +64,17 @@ class BaFTIntervention(nn.Module):
         self.n_frozen = 0  # bases frozen by grow(); the trainable block follows them
         for name in FROZEN_BUFFERS:
             self.register_buffer(name, None)
-        self._set_frozen([torch.zeros(0, hidden_size), torch.zeros(0, hidden_size), torch.zeros(0),
-                          torch.zeros(0, hidden_size), torch.zeros(0)])
+        self._set_frozen(self._zero_frozen(0))
         self._new_block(rank, generator)
         # How strongly past edits opened each basis (incremental load balancing).
         self.register_buffer("basis_usage", torch.zeros(rank))
         self.last_gates: torch.Tensor | None = None  # set while record_gates is on
         self.record_gates = False
+
+    def _zero_frozen(self, n: int) -> list:
+        """Zero R, W, b, U, c for n frozen bases, in FROZEN_BUFFERS order."""
+        d = self.hidden_size
+        return [torch.zeros(n, d), torch.zeros(n, d), torch.zeros(n), torch.zeros(n, d), torch.zeros(n)]
 
     def _set_frozen(self, tensors) -> None:
         for name, tensor in zip(FROZEN_BUFFERS, tensors):
@@ -185,9 +189,7 @@ class BaFTIntervention(nn.Module):
 
     def make_room(self, n_frozen: int, block_rank: int) -> None:
         """Shape the module for n_frozen frozen bases and a block of block_rank (values set by the caller)."""
-        d = self.hidden_size
-        self._set_frozen([torch.zeros(n_frozen, d), torch.zeros(n_frozen, d), torch.zeros(n_frozen),
-                          torch.zeros(n_frozen, d), torch.zeros(n_frozen)])
+        self._set_frozen(self._zero_frozen(n_frozen))
         for name in BLOCK_PARAMETERS:
             delattr(self, name)
         self._new_block(block_rank, None)
