@@ -439,17 +439,26 @@ def read_artifact(directory: PathLike) -> SavedEdits:
                       _replay_memory_of(config))
 
 
+def _refuse_edited(model) -> None:
+    if plumbing.get_state(model) is not None:
+        raise ArtifactError(
+            "this model already carries BaFT edits; call remove_edits(model) first, or load onto a fresh model"
+        )
+
+
 def load_edits(model, directory: PathLike, verify_base_model: bool = True):
     """Attach the edits saved in `directory` to `model` (which must carry none); returns the model.
 
     Every check runs before anything is attached: on any ArtifactError the model is untouched.
     verify_base_model=False skips only the weight fingerprint, never the architecture checks.
     """
-    if plumbing.get_state(model) is not None:
-        raise ArtifactError(
-            "this model already carries BaFT edits; call remove_edits(model) first, or load onto a fresh model"
-        )
-    saved = read_artifact(directory)
+    _refuse_edited(model)  # before reading: a refused load reads nothing
+    return attach_saved(model, read_artifact(directory), verify_base_model)
+
+
+def attach_saved(model, saved, verify_base_model: bool = True):
+    """Attach edits that read_artifact already read and checked: the model-dependent checks, then attach."""
+    _refuse_edited(model)
     _check_base_model(model, saved.config, verify_base_model)
     _check_replay_vocabulary(model, saved.replay_memory)
     interventions = _rebuilt_interventions(model, saved.hparams, saved.tensors)

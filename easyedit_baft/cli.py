@@ -148,11 +148,12 @@ def _read_artifact(directory: str):
         raise CLIError(f"{directory}: {err}") from err
 
 
-def _load_onto(model, directory: str) -> None:
-    from .artifacts import ArtifactError, load_edits
+def _load_onto(model, directory: str, saved) -> None:
+    """Attach the artifact read (and checked) before the model loaded: it is not read twice."""
+    from .artifacts import ArtifactError, attach_saved
 
     try:
-        load_edits(model, directory)
+        attach_saved(model, saved)
     except ArtifactError as err:
         raise CLIError(f"{directory}: {err}") from err
 
@@ -250,7 +251,7 @@ def cmd_apply(args) -> int:
     if any(not prompt.strip() for prompt in prompts):
         raise CLIError("--prompt: an empty prompt; give text to answer")
     model, tok = load_model(args.model, device=_device(args.device))
-    _load_onto(model, args.edits)
+    _load_onto(model, args.edits, saved)
     for prompt in prompts:
         with plumbing.interventions_disabled(model):
             old = metrics.greedy_answer(model, tok, prompt, args.max_new_tokens)
@@ -268,10 +269,10 @@ def cmd_explain(args) -> int:
 
     if not args.prompt.strip():
         raise CLIError("--prompt: the prompt is empty; give the text whose gates to show")
-    _read_artifact(args.edits)
+    saved = _read_artifact(args.edits)
     out = _check_output_file(args.out, "--out")
     model, tok = load_model(args.model, device=_device(args.device))
-    _load_onto(model, args.edits)
+    _load_onto(model, args.edits, saved)
     explanation = explain(model, tok, args.prompt)
     path = render_heatmap(explanation, out)
     for layer, gates in explanation.gates.items():
