@@ -178,9 +178,15 @@ class SequenceCheckpoint:
                 shutil.rmtree(old)
 
     def done(self) -> None:
-        """The full result is written: the checkpoint has served its purpose."""
-        if self.directory is not None and self.directory.is_dir():
-            shutil.rmtree(self.directory)
+        """The full result is written: the final edited state is kept beside it (final_state_dir), for
+        re-scoring without editing again; the rest of the checkpoint has served its purpose."""
+        if self.directory is None or not self.directory.is_dir():
+            return
+        if self.progress is not None and (self.directory / self.progress["state"]).is_dir():
+            final = final_state_dir(self.directory)
+            shutil.rmtree(final, ignore_errors=True)
+            (self.directory / self.progress["state"]).rename(final)
+        shutil.rmtree(self.directory)
 
 
 def read_progress(directory: Path) -> Optional[dict]:
@@ -191,6 +197,11 @@ def read_progress(directory: Path) -> Optional[dict]:
 
 def checkpoint_dir(result_file: Path) -> Path:
     return result_file.with_name(result_file.stem + ".partial")
+
+
+def final_state_dir(checkpoint: Path) -> Path:
+    """Where a finished sequence's edited state stays (beside its result, not committed)."""
+    return checkpoint.with_suffix(".state")
 
 
 def as_bookkeeping(result, meter) -> Dict[str, object]:

@@ -16,14 +16,23 @@ def lifetime_peak_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def _high_water_mark_mb():
+def _status_mb(field: str):
     try:
         for line in STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
+
+
+def _high_water_mark_mb():
+    return _status_mb("VmHWM")
+
+
+def current_rss_mb():
+    """Resident memory now (Linux; None elsewhere): what a long run's flat memory is judged on."""
+    return _status_mb("VmRSS")
 
 
 class PeakMemory:

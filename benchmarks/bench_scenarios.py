@@ -19,11 +19,12 @@ from tqdm.auto import tqdm
 
 from bench_checkpoint import SequenceCheckpoint, as_bookkeeping
 from bench_journal import Journal, ordered
+from bench_memory import current_rss_mb, lifetime_peak_mb
 from bench_host import scored_by_generation
 from bench_methods import CostMeter, MethodSpec, grace_adapters
 from easyedit_baft.metrics import mean, record_scores
 
-SCENARIO_PATTERN = re.compile(r"^(single|batch(\d+)|seq(\d+))$")
+SCENARIO_PATTERN = re.compile(r"^(single|batch(\d+)|seq(\d+)|seqbatch(\d+)x(\d+))$")
 
 
 @dataclass
@@ -31,17 +32,26 @@ class Scenario:
     name: str
     kind: str  # 'single', 'batch' or 'seq'
     size: int  # edits per batch, or edits in the sequence
+    batch: int = 1  # seq: edits per call (seqbatchBxM makes M calls of B edits, nothing undone between)
+
+    @property
+    def edits_per_call(self) -> int:
+        return self.size if self.kind == "batch" else self.batch
 
     @staticmethod
     def parse(name: str) -> "Scenario":
         match = SCENARIO_PATTERN.match(name)
-        if not match:
-            raise ValueError(f"scenario {name!r} is unknown; use single, batchK or seqT (e.g. batch10, seq100)")
+        if not match or 0 in [int(g) for g in match.groups()[1:] if g is not None]:
+            raise ValueError(f"scenario {name!r} is unknown; use single, batchK, seqT or seqbatchBxM "
+                             f"(e.g. batch10, seq1000, seqbatch100x10), with K, T, B, M >= 1")
         if name == "single":
             return Scenario(name, "single", 1)
         if match.group(2):
             return Scenario(name, "batch", int(match.group(2)))
-        return Scenario(name, "seq", int(match.group(3)))
+        if match.group(3):
+            return Scenario(name, "seq", int(match.group(3)))
+        batch, calls = int(match.group(4)), int(match.group(5))
+        return Scenario(name, "seq", batch * calls, batch)
 
 
 @dataclass
@@ -225,9 +235,11 @@ def model_as_host_returns(editor, spec: MethodSpec):
     return editor.model
 
 
-def checkpoint_steps(total: int, requested: List[int]) -> List[int]:
-    """Sequence lengths at which all edits so far are scored (the last one always included)."""
-    return sorted({k for k in requested if 0 < k < total} | {total})
+def checkpoint_steps(total: int, requested: List[int], batch: int = 1) -> List[int]:
+    """Sequence lengths at which all edits so far are scored (the last one always included).
+
+    In a batched sequence a checkpoint falls after the call that reaches it."""
+    return sorted({min(total, -(-k // batch) * batch) for k in requested if 0 < k < total} | {total})
 
 
 def _restore_progress(checkpoint: SequenceCheckpoint, editor, result: ScenarioResult, meter: CostMeter):
@@ -242,10 +254,11 @@ def _restore_progress(checkpoint: SequenceCheckpoint, editor, result: ScenarioRe
 
 
 def run_sequential(host, editor, spec, requests, pres, fluency_n, checkpoints,
-                   checkpoint: Optional[SequenceCheckpoint] = None) -> ScenarioResult:
-    """Requests edited one after another on the same model (nothing undone), scored at the checkpoints.
+                   checkpoint: Optional[SequenceCheckpoint] = None, batch: int = 1) -> ScenarioResult:
+    """Requests edited `batch` at a time, one call after another on the same model (nothing undone),
+    all edits so far scored at the checkpoints, with the peak RSS and seconds per edit at each.
 
-    With a checkpoint, progress is saved after every edit and a cut-off run continues from it.
+    With a checkpoint, progress is saved after every call and a cut-off run continues from it.
     """
     checkpoint = checkpoint or SequenceCheckpoint(None, {}, spec.alg_name)
     result, meter = ScenarioResult(), CostMeter(spec)
@@ -256,15 +269,19 @@ def run_sequential(host, editor, spec, requests, pres, fluency_n, checkpoints,
         result.seconds = result.resumed_seconds + time.perf_counter() - started
         checkpoint.save(model, as_bookkeeping(result, meter), meter.changed_names, new_state)
 
-    steps = checkpoint_steps(len(requests), checkpoints)
+    steps = checkpoint_steps(len(requests), checkpoints, batch)
 
     def score_if_due(model, k):
         if k not in steps or any(c["edits"] == k for c in result.checkpoints):
             return
         final = k == len(requests)
+        since = result.checkpoints[-1]["edits"] if result.checkpoints else 0
+        cost = {"seconds_per_edit": mean(result.edit_seconds[:k]),
+                "seconds_per_edit_since_last": mean(result.edit_seconds[since:k]),
+                "peak_rss_mb": lifetime_peak_mb(), "rss_mb": current_rss_mb()}
         metrics = _evaluate_all(host, editor, model, requests[:k], pres[:k], fluency_n if final else 0,
                                 desc=f"score {k} edits")
-        result.checkpoints.append({"edits": k, **mean_scores(metrics)})
+        result.checkpoints.append({"edits": k, **mean_scores(metrics), **cost})
         if final:
             result.records = metrics
         else:
@@ -272,15 +289,18 @@ def run_sequential(host, editor, spec, requests, pres, fluency_n, checkpoints,
 
     edited_model = model_as_host_returns(editor, spec)
     score_if_due(edited_model, result.n_edits)  # a run may have been cut off between an edit and its scoring
-    for k in tqdm(range(result.n_edits + 1, len(requests) + 1), initial=result.n_edits, total=len(requests),
-                  desc=f"{spec.name} seq{len(requests)}"):
-        edited_model, weights_copy, seconds = apply_edit(editor, [requests[k - 1]])
-        result.edit_seconds.append(seconds)
-        meter.after_edit(_underlying_model(edited_model), weights_copy, 1)
+    bar = tqdm(initial=result.n_edits, total=len(requests), desc=f"{spec.name} seq{len(requests)}")
+    for start in range(result.n_edits, len(requests), batch):
+        call = requests[start: start + batch]
+        edited_model, weights_copy, seconds = apply_edit(editor, call)
+        result.edit_seconds.extend([seconds / len(call)] * len(call))
+        meter.after_edit(_underlying_model(edited_model), weights_copy, len(call))
         _keep_edited_model(editor, spec, edited_model)
-        result.n_edits = k
+        result.n_edits = start + len(call)
         save(edited_model, new_state=True)
-        score_if_due(edited_model, k)
+        score_if_due(edited_model, result.n_edits)
+        bar.update(len(call))
+    bar.close()
     result.costs = meter.summary(_underlying_model(edited_model), result.n_edits)
     return result
 
@@ -293,4 +313,4 @@ def run_scenario(host, editor, spec, scenario: Scenario, requests, pres, fluency
     if scenario.kind == "batch":
         return run_batch(host, editor, spec, requests, pres, fluency_n, scenario.size)
     return run_sequential(host, editor, spec, requests[: scenario.size], pres[: scenario.size],
-                          fluency_n, checkpoints, progress)
+                          fluency_n, checkpoints, progress, scenario.batch)

@@ -16,7 +16,7 @@ from bench_memory import PeakMemory
 from bench_methods import MethodSpec, load_hparams
 from bench_checkpoint import SequenceCheckpoint, checkpoint_dir
 from bench_journal import Journal, journal_path
-from bench_scenarios import Host, Scenario, mean_scores, pre_edit_metrics, run_scenario
+from bench_scenarios import Host, Scenario, checkpoint_steps, mean_scores, pre_edit_metrics, run_scenario
 from bench_spec import RunSpec, changed_fields, finished_result, model_fingerprint
 
 
@@ -171,7 +171,7 @@ def run_spec(args, spec: MethodSpec, hparams, data_set: str, scenario: Scenario,
     """The RunSpec of one (method, data set, scenario) with the hparams as this run resolved them."""
     protocol = {"fluency_n": args.fluency_n}
     if scenario.kind == "seq":
-        protocol["checkpoints"] = sorted(args.checkpoints)
+        protocol["checkpoints"] = checkpoint_steps(scenario.size, args.checkpoints, scenario.batch)
     return RunSpec(spec.name, data_set, scenario.name, args.n, hparams_record(hparams), data_sha, model_fp, protocol)
 
 
@@ -179,7 +179,7 @@ def _skip_reason(args, spec: MethodSpec, scenario: Scenario, n: int):
     allowed = args.scenario_limits.get(spec.name)
     if allowed is not None and scenario.name not in allowed:
         return f"not run: --scenarios-for limited {spec.name} to {','.join(allowed)} (time budget)"
-    if scenario.kind == "batch" and not spec.batchable:
+    if scenario.edits_per_call > 1 and not spec.batchable:
         return f"{spec.name} is not batchable in the host (BatchEditor.is_batchable_method)"
     if scenario.kind == "seq" and scenario.size > n:
         return f"{scenario.name} needs at least {scenario.size} records; --n is {n}"
@@ -217,8 +217,7 @@ def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
             out = result_path(args.results_dir, args.n, spec.name, data_set, name)
             where = f"[{spec.name}] {data_set} {name}"
             try:
-                hparams = load_hparams(spec, hparams_file, args.model_dir, stats_dir,
-                                       scenario.size if scenario.kind == "batch" else 1)
+                hparams = load_hparams(spec, hparams_file, args.model_dir, stats_dir, scenario.edits_per_call)
                 run = run_spec(args, spec, hparams, data_set, scenario, data_sha, model_fp)
             except Exception as err:
                 failed += _record_failure(out, spec, data_set, name, args.n, err)

@@ -36,7 +36,7 @@ EMBEDDED_MODEL_NAME = "smollm2-135m"
 DEFAULT_BAFT_HPARAMS = REPO_ROOT / "hparams" / "BaFT" / "smollm2-135m.yaml"
 DEFAULT_HPARAMS_DIR = REPO_ROOT / "examples" / "hparams"
 DEFAULT_RESULTS_DIR = BENCH_DIR / "results"
-DEFAULT_CHECKPOINTS = [10, 25, 50, 250, 500]
+DEFAULT_CHECKPOINTS = [10, 25, 50, 100, 250, 500]
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -12,11 +12,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from bench_checkpoint import SequenceCheckpoint, checkpoint_dir  # noqa: E402
+from bench_checkpoint import SequenceCheckpoint, checkpoint_dir, final_state_dir  # noqa: E402
 from bench_journal import Journal, journal_path  # noqa: E402
 from bench_methods import METHODS, load_hparams  # noqa: E402
 from bench_report import curve_points, load_runs, table_row  # noqa: E402
-from bench_scenarios import Host, run_sequential, run_single  # noqa: E402
+from bench_scenarios import Host, Scenario, run_sequential, run_single  # noqa: E402
 from bench_worker import REPO_ROOT, portable_path  # noqa: E402
 
 
@@ -98,7 +98,7 @@ class FakeSequenceEditor(FakeEditor):
     def apply_algo(self, model, tok, requests, hparams, **kwargs):
         model, weights_copy = super().apply_algo(model, tok, requests, hparams)
         with torch.no_grad():
-            model.weight[0, 0] += requests[0]["score"]
+            model.weight[0, 0] += sum(r["score"] for r in requests)
         return model, weights_copy
 
 
@@ -119,10 +119,10 @@ def sequence_host(fail_when_scoring_at=None):
 SEQ_HEADER = {**HEADER, "scenario": "seq6", "checkpoints": [2, 4]}
 
 
-def run_seq(directory, editor, host=None, header=SEQ_HEADER):
+def run_seq(directory, editor, host=None, header=SEQ_HEADER, batch=1, checkpoints=(2, 4)):
     checkpoint = SequenceCheckpoint(directory, header, "ROME")
-    result = run_sequential(host or sequence_host(), editor, METHODS["ROME"], REQUESTS, [{}] * 6, 0, [2, 4],
-                            checkpoint)
+    result = run_sequential(host or sequence_host(), editor, METHODS["ROME"], REQUESTS, [{}] * 6, 0,
+                            list(checkpoints), checkpoint, batch)
     return checkpoint, result
 
 
@@ -135,12 +135,41 @@ def test_cut_off_sequence_resumes_from_its_last_edit_as_if_never_stopped(tmp_pat
     editor = FakeSequenceEditor()  # a fresh model, as a new process loads it
     checkpoint, resumed = run_seq(directory, editor)
     assert editor.edited == ["p3", "p4", "p5"]  # nothing redone, nothing skipped
-    assert resumed.checkpoints == whole.checkpoints  # scored on the restored weights, not the fresh ones
+    scores = lambda result: [{k: c[k] for k in ("edits", "rel", "gen", "loc")} for c in result.checkpoints]  # noqa: E731
+    assert scores(resumed) == scores(whole)  # scored on the restored weights, not the fresh ones
     assert [r["rel"] for r in resumed.records] == [r["rel"] for r in whole.records] == [1.5] * 6
     assert resumed.n_edits == len(resumed.edit_seconds) == 6 and resumed.resumed == 3
     assert resumed.costs["params_per_edit"] == whole.costs["params_per_edit"] == 4
     checkpoint.done()
     assert not directory.exists()
+    assert (final_state_dir(directory) / "weights.safetensors").is_file()  # kept for re-scoring
+
+
+def test_batched_sequence_edits_in_calls_and_scores_after_the_call_reaching_each_checkpoint(tmp_path):
+    directory = checkpoint_dir(tmp_path / "ROME.json")
+    with pytest.raises(Interrupted):
+        run_seq(directory, FakeSequenceEditor(fail_at="p4"), batch=2, checkpoints=[1, 4])
+    editor = FakeSequenceEditor()
+    _, result = run_seq(directory, editor, batch=2, checkpoints=[1, 4])
+    assert editor.edited == ["p4"]  # the third call of two edits, resumed after the second
+    assert [c["edits"] for c in result.checkpoints] == [2, 4, 6]  # 1 falls after the first call
+    assert result.checkpoints[0]["rel"] == pytest.approx(0.1)
+    assert all(c["seconds_per_edit"] is not None and c["peak_rss_mb"] > 0 for c in result.checkpoints)
+    assert len(result.edit_seconds) == 6
+
+
+@pytest.mark.parametrize("name, kind, size, batch", [
+    ("single", "single", 1, 1), ("batch10", "batch", 10, 1), ("seq1000", "seq", 1000, 1),
+    ("seqbatch100x10", "seq", 1000, 100)])
+def test_scenario_names(name, kind, size, batch):
+    scenario = Scenario.parse(name)
+    assert (scenario.kind, scenario.size, scenario.batch) == (kind, size, batch)
+
+
+@pytest.mark.parametrize("name", ["seq", "seqbatch100", "seqbatch0x10", "batch0", "seq-1"])
+def test_unknown_scenario_names_are_refused_with_the_forms_that_work(name):
+    with pytest.raises(ValueError, match="seqbatchBxM"):
+        Scenario.parse(name)
 
 
 def test_sequence_cut_off_while_scoring_scores_on_resume_without_editing_again(tmp_path):
