@@ -22,7 +22,9 @@ from bench_journal import Journal, ordered
 from bench_memory import current_rss_mb, lifetime_peak_mb
 from bench_host import scored_by_generation
 from bench_methods import CostMeter, MethodSpec, grace_adapters
-from easyedit_baft.metrics import mean, record_scores
+from easyedit_baft.metrics import exact_match, locality_continuations, mean, record_scores
+
+EM_LOCALITY = "em_locality"  # in a pre-edit output: the unedited model's greedy locality continuations
 
 SCENARIO_PATTERN = re.compile(r"^(single|batch(\d+)|seq(\d+)|seqbatch(\d+)x(\d+))$")
 
@@ -63,6 +65,9 @@ class Host:
     finalize_locality_metrics: object
     restore_after_edit: object
     prepare_requests: object
+    # The project's generation-based scores, applied to every method alike (metrics.exact_match).
+    exact_match: object = exact_match
+    locality_continuations: object = locality_continuations
 
 
 @dataclass
@@ -114,7 +119,9 @@ def generation_scored_request(tok, request: dict) -> dict:
 
 
 def evaluate(host: Host, editor, model, request: dict, pre: dict, fluency: bool) -> dict:
-    """Scores of one request on `model` (the host's metrics, locality scored against `pre`)."""
+    """Scores of one request on `model`, two ways: the host's teacher-forced metrics (locality against
+    `pre`), and generation-based exact match as `em` (locality against pre's greedy continuations)."""
+    em = host.exact_match(model, editor.tok, request, pre.get(EM_LOCALITY))
     if scored_by_generation(editor.hparams.alg_name):  # see spelled_as_generated
         request = generation_scored_request(editor.tok, request)
     post = host.compute_edit_quality(
@@ -123,20 +130,36 @@ def evaluate(host: Host, editor, model, request: dict, pre: dict, fluency: bool)
     )
     metric = {"pre": copy.deepcopy(pre), "post": post}
     host.finalize_locality_metrics(metric, request, editor.hparams, editor.model_name)
-    return record_scores(metric["post"])
+    return {**record_scores(metric["post"]), "em": em}
 
 
 def pre_edit_metrics(host: Host, editor, requests: List[dict]) -> List[dict]:
-    """The unedited model's outputs (locality is scored as agreement with them)."""
+    """The unedited model's outputs (locality is scored as agreement with them), its greedy
+    continuations of the locality prompts included (EM_LOCALITY)."""
     return [
-        host.compute_edit_quality(editor.model, editor.model_name, editor.hparams, editor.tok, r,
-                                  editor.hparams.device, test_generation=False)
+        {**host.compute_edit_quality(editor.model, editor.model_name, editor.hparams, editor.tok, r,
+                                     editor.hparams.device, test_generation=False),
+         EM_LOCALITY: host.locality_continuations(editor.model, editor.tok, r)}
         for r in tqdm(requests, desc="pre-edit", leave=False)
     ]
 
 
+def add_pre_continuations(host: Host, editor, requests: List[dict], pres: List[dict]) -> bool:
+    """Give pre-edit outputs cached before generation-based scoring their greedy continuations; True if any."""
+    missing = [i for i, pre in enumerate(pres) if EM_LOCALITY not in pre]
+    for i in tqdm(missing, desc="pre-edit continuations", leave=False):
+        pres[i][EM_LOCALITY] = host.locality_continuations(editor.model, editor.tok, requests[i])
+    return bool(missing)
+
+
+SCORES = ("rel", "gen", "loc", "port")
+
+
 def mean_scores(scores: List[dict]) -> dict:
-    return {key: mean([s[key] for s in scores]) for key in ("rel", "gen", "loc", "port", "fluency")}
+    """Means over records: the host's scores, fluency, and the generation-based `em` ones."""
+    means = {key: mean([s[key] for s in scores]) for key in (*SCORES, "fluency")}
+    means["em"] = {key: mean([(s.get("em") or {}).get(key) for s in scores]) for key in SCORES}
+    return means
 
 
 def _evaluate_all(host, editor, model, requests, pres, fluency_n, desc) -> List[dict]:

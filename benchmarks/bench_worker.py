@@ -16,7 +16,8 @@ from bench_memory import PeakMemory
 from bench_methods import MethodSpec, load_hparams
 from bench_checkpoint import SequenceCheckpoint, checkpoint_dir
 from bench_journal import Journal, journal_path
-from bench_scenarios import Host, Scenario, checkpoint_steps, mean_scores, pre_edit_metrics, run_scenario
+from bench_scenarios import (Host, Scenario, add_pre_continuations, checkpoint_steps, mean_scores, pre_edit_metrics,
+                             run_scenario)
 from bench_spec import RunSpec, changed_fields, finished_result, model_fingerprint
 
 
@@ -60,7 +61,10 @@ def pre_edit(args, host: Host, editor, spec: MethodSpec, run: RunSpec, requests)
     """Pre-edit metrics, shared between methods through a cache file keyed by model, data and n."""
     path = _pre_cache_path(args, spec, run)
     if path.is_file():
-        return json.loads(path.read_text())
+        pres = json.loads(path.read_text())
+        if add_pre_continuations(host, editor, requests, pres):
+            write_json(path, pres)
+        return pres
     pres = json.loads(json.dumps(pre_edit_metrics(host, editor, requests), default=_json_default))
     write_json(path, pres)
     return pres

@@ -10,6 +10,8 @@ of one record and KnowEdit's own summary (used by the demo, the examples and the
 from __future__ import annotations
 
 import math
+import re
+import string
 from typing import Dict, List, Optional
 
 import torch
@@ -45,15 +47,97 @@ def locality(before: List[int], after: List[int]) -> float:
     return sum(int(a == b) for a, b in zip(before, after)) / len(before)
 
 
-def greedy_answer(model, tok, prompt: str, max_new_tokens: int = 8) -> str:
-    """The model's greedy continuation of prompt: its first non-empty line."""
-    device = model.get_input_embeddings().weight.device
+def greedy_ids(model, tok, prompt: str, max_new_tokens: int) -> List[int]:
+    """The token ids `model.generate` greedily continues `prompt` with (at most max_new_tokens).
+
+    `model` may be a host wrapper (GRACE, WISE) whose generate() does its own routing."""
+    device = next(model.parameters()).device
     encoded = tok(prompt, return_tensors="pt").to(device)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     with torch.no_grad():
         out = model.generate(**encoded, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
-    text = tok.decode(out[0, encoded["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out[0, encoded["input_ids"].shape[1]:].tolist()
+
+
+def greedy_answer(model, tok, prompt: str, max_new_tokens: int = 8) -> str:
+    """The model's greedy continuation of prompt: its first non-empty line."""
+    text = tok.decode(greedy_ids(model, tok, prompt, max_new_tokens), skip_special_tokens=True)
     return text.strip().split("\n")[0].strip()  # chat models often start with a newline
+
+
+# ---- generation-based exact match ------------------------------------------------------------
+# Teacher forcing shows the model the target's earlier tokens; these scores read only what the model
+# generates from the prompt alone. rel/gen/port: the normalised answer starts the greedy continuation.
+# loc: the greedy continuation of an unrelated prompt is token for token the unedited model's.
+
+EM_SLACK_TOKENS = 2  # tokenisation after a prompt can take a token or two more than the answer alone
+EM_LOC_MAX_TOKENS = 16
+
+
+def normalise_answer(text: str) -> str:
+    """Lower case, no punctuation, no articles, single spaces (SQuAD's answer normalisation)."""
+    text = "".join(ch for ch in str(text).lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _aliases(answers) -> List[str]:
+    """An answer, a list of aliases, or KnowEdit's list of alias lists, as one flat list of strings."""
+    if isinstance(answers, (list, tuple)):
+        return [alias for answer in answers for alias in _aliases(answer)]
+    return [] if answers is None else [str(answers)]
+
+
+def _pairs(item: dict) -> list:
+    """(prompt, answers) of a locality or portability item: one prompt with its answer (aliases), or lists."""
+    if isinstance(item["prompt"], str):
+        return [(item["prompt"], item["ground_truth"])]
+    return list(zip(item["prompt"], item["ground_truth"]))
+
+
+def _answer_budget(tok, answer: str, cap: Optional[int] = None) -> int:
+    n = max(1, len(tok(" " + str(answer), add_special_tokens=False)["input_ids"]))
+    return min(n, cap) if cap else n
+
+
+def generates_answer(model, tok, prompt: str, answers) -> float:
+    """1.0 when the greedy continuation of prompt starts with one of `answers` (aliases), once normalised."""
+    answers = [a for a in _aliases(answers) if normalise_answer(a)]
+    if not answers:
+        return None
+    budget = max(_answer_budget(tok, a) for a in answers) + EM_SLACK_TOKENS
+    generated = normalise_answer(tok.decode(greedy_ids(model, tok, prompt, budget), skip_special_tokens=True))
+    return float(any(generated.startswith(normalise_answer(a)) for a in answers))
+
+
+def locality_continuations(model, tok, request: dict) -> Dict[str, List[List[int]]]:
+    """Per locality kind, the greedy continuation ids of each of its prompts (run before the edit)."""
+    out = {}
+    for kind, item in (request.get("locality") or {}).items():
+        out[kind] = [greedy_ids(model, tok, p, _answer_budget(tok, (_aliases(a) or [""])[0], EM_LOC_MAX_TOKENS))
+                     for p, a in _pairs(item)]
+    return out
+
+
+def exact_match(model, tok, request: dict, locality_before: Optional[Dict[str, List[List[int]]]]) -> dict:
+    """Generation-based scores of one request: {rel, gen, loc, port} (None where a field is absent).
+
+    locality_before: locality_continuations of the unedited model for this request."""
+    rel = generates_answer(model, tok, request["prompt"], request["target_new"])
+    rephrases = request.get("rephrase_prompt")
+    gen = mean([generates_answer(model, tok, p, request["target_new"]) for p in _as_list(rephrases)]) \
+        if rephrases else None
+    port = mean([mean([generates_answer(model, tok, p, a) for p, a in _pairs(hop)])
+                 for hop in (request.get("portability") or {}).values()])
+    loc = None
+    if locality_before:
+        after = locality_continuations(model, tok, request)
+        loc = mean([mean([float(a == b) for a, b in zip(after[kind], before)])
+                    for kind, before in locality_before.items()])
+    return {"rel": rel, "gen": gen, "loc": loc, "port": port}
 
 
 def mean(values) -> Optional[float]:

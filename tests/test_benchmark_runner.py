@@ -40,13 +40,17 @@ class FakeEditor:
         return model, {"weight": model.weight.detach().clone()}
 
 
+def fake_exact_match(model, tok, request, locality_before):
+    return {"rel": float(request["prompt"] != "p0"), "gen": None, "loc": None, "port": None}
+
+
 def fake_host():
     def quality(model, name, hparams, tok, request, device, test_generation=False):
         # rewrite_acc depends on the request, so a mixed-up or repeated record changes the mean.
         return {"rewrite_acc": [request["score"]], "rephrase_acc": [1.0], "locality": {}, "portability": {}}
 
     return Host(BaseEditor=None, compute_edit_quality=quality, finalize_locality_metrics=lambda *a: None,
-                restore_after_edit=lambda *a: None, prepare_requests=None)
+                restore_after_edit=lambda *a: None, prepare_requests=None, exact_match=fake_exact_match)
 
 
 REQUESTS = [{"prompt": f"p{i}", "target_new": "t", "score": i / 10} for i in range(6)]
@@ -113,7 +117,7 @@ def sequence_host(fail_when_scoring_at=None):
         return {"rewrite_acc": [float(model.weight[0, 0].detach())], "rephrase_acc": [1.0], "locality": {}, "portability": {}}
 
     return Host(BaseEditor=None, compute_edit_quality=quality, finalize_locality_metrics=lambda *a: None,
-                restore_after_edit=lambda *a: None, prepare_requests=None)
+                restore_after_edit=lambda *a: None, prepare_requests=None, exact_match=fake_exact_match)
 
 
 SEQ_HEADER = {**HEADER, "scenario": "seq6", "checkpoints": [2, 4]}
@@ -301,7 +305,8 @@ def worker(tmp_path, monkeypatch):
 
     host = dict(BaseEditor=WorkerEditor, compute_edit_quality=quality, finalize_locality_metrics=lambda *a: None,
                 restore_after_edit=lambda *a: None,
-                prepare_requests=lambda p, t, g, **k: [{"prompt": q, "target_new": a} for q, a in zip(p, t)])
+                prepare_requests=lambda p, t, g, **k: [{"prompt": q, "target_new": a} for q, a in zip(p, t)],
+                exact_match=fake_exact_match, locality_continuations=lambda *a: {})
     monkeypatch.setattr(bench_worker, "import_host", lambda: None)
     monkeypatch.setattr(bench_worker, "metric_functions", lambda: host)
     monkeypatch.setattr(bench_worker, "load_hparams", load_hparams)
