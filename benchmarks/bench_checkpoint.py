@@ -105,6 +105,11 @@ MODEL_STATES = {
 }
 
 
+def restore_state(alg_name: str, model, directory: Path, hparams) -> None:
+    """Put a saved edited state (a checkpoint's, or a finished run's final_state_dir) onto a fresh model."""
+    MODEL_STATES[alg_name][1](model, directory, hparams)
+
+
 def resumable(alg_name: str) -> bool:
     return alg_name in MODEL_STATES
 
@@ -150,8 +155,7 @@ class SequenceCheckpoint:
         """Put the saved edited state onto a fresh `model`; returns the saved bookkeeping (None: start afresh)."""
         if self.progress is None or not self.enabled:
             return None
-        restore = MODEL_STATES[self.alg_name][1]
-        restore(model, self.directory / self.progress["state"], hparams)
+        restore_state(self.alg_name, model, self.directory / self.progress["state"], hparams)
         _set_template_cache(self.alg_name, self.progress.get("context_templates"))
         return self.progress["bookkeeping"]
 

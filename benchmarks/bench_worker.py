@@ -9,15 +9,16 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from bench_data import build_requests, data_hash, training_loc_prompts
 from bench_host import generate_full_length, import_host, metric_functions, scored_by_generation
 from bench_memory import PeakMemory
 from bench_methods import MethodSpec, load_hparams
-from bench_checkpoint import SequenceCheckpoint, checkpoint_dir
+from bench_checkpoint import SequenceCheckpoint, checkpoint_dir, final_state_dir, restore_state
 from bench_journal import Journal, journal_path
-from bench_scenarios import (Host, Scenario, add_pre_continuations, checkpoint_steps, mean_scores, pre_edit_metrics,
-                             run_scenario)
+from bench_scenarios import (EM_LOCALITY, Host, Scenario, add_pre_continuations, checkpoint_steps, mean_scores,
+                             model_as_host_returns, pre_edit_metrics, run_scenario)
 from bench_spec import RunSpec, changed_fields, finished_result, model_fingerprint
 
 
@@ -126,6 +127,27 @@ def summarise(spec, scenario, data_set, args, result, peak, hparams, hparams_fil
     }
 
 
+def rescore_with_em(args, host, spec, hparams, run: RunSpec, requests, out: Path) -> dict:
+    """A finished sequence's result with `em` added, scored on its kept final state (nothing edited again)."""
+    saved = json.loads(out.read_text())
+    state = final_state_dir(checkpoint_dir(out))
+    editor = host.BaseEditor(hparams)
+    if scored_by_generation(spec.alg_name):
+        generate_full_length(editor.model)
+    pres = pre_edit(args, host, editor, spec, run, requests)
+    restore_state(spec.alg_name, editor.model, state, hparams)
+    model = model_as_host_returns(editor, spec)
+    records = saved["records"]
+    for record, request, pre in zip(tqdm(records, desc=f"{spec.name} em"), requests, pres):
+        if record["prompt"] != request["prompt"]:
+            raise ValueError(f"{out}: record {record['prompt']!r} is not request {request['prompt']!r}; "
+                             f"delete the result to run it again")
+        record["em"] = host.exact_match(model, editor.tok, request, pre.get(EM_LOCALITY))
+    saved["em"] = mean_scores(records)["em"]
+    saved["em_rescored"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    return saved
+
+
 def open_progress(args, spec, data_set, scenario, hparams, out: Path):
     """What lets a cut-off run resume: the single-edit journal, or a sequence's checkpoint (None for batches)."""
     if scenario.kind == "batch":
@@ -227,6 +249,13 @@ def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
                 failed += _record_failure(out, spec, data_set, name, args.n, err)
                 continue
             done = None if args.force else finished_result(out, run)
+            if done and "em" not in json.loads(out.read_text()):
+                if final_state_dir(checkpoint_dir(out)).is_dir():
+                    print(f"{where}: {done}; adding generation-based scores from its kept state", flush=True)
+                    write_json(out, rescore_with_em(args, host, spec, hparams, run, requests, out))
+                    continue
+                print(f"{where}: redone, it was scored before generation-based scoring", flush=True)
+                done = None
             if done:
                 print(f"{where}: skipped, {done} (--force redoes it)", flush=True)
                 continue

@@ -41,7 +41,7 @@ class FakeEditor:
 
 
 def fake_exact_match(model, tok, request, locality_before):
-    return {"rel": float(request["prompt"] != "p0"), "gen": None, "loc": None, "port": None}
+    return {"rel": float(request["prompt"] not in ("p0", "Who made Q0?")), "gen": None, "loc": None, "port": None}
 
 
 def fake_host():
@@ -390,3 +390,27 @@ def test_generation_scored_targets_are_spelled_as_the_tokens_after_the_prompt():
     assert tok.encode(scored["target_new"], add_special_tokens=False) != tok.encode("Rome", add_special_tokens=False)
     assert scored["portability"]["one_hop"]["ground_truth"] == [" Italy"]
     assert request["target_new"] == "Rome"  # the request itself is left as it was
+
+
+def test_a_finished_sequence_scored_before_em_is_rescored_from_its_kept_state_not_edited_again(worker, tmp_path):
+    made, _ = worker([5], "--scenarios", "seq2")
+    assert len(made) == 2
+    out = tmp_path / "results" / "runs" / "n2" / "zsre" / "seq2" / "ROME.json"
+    result = json.loads(out.read_text())
+    assert result["em"]["rel"] == 0.5  # fake_exact_match: 0 for Q0, 1 for Q1
+    for record in result["records"]:
+        record.pop("em")
+    result.pop("em")
+    out.write_text(json.dumps(result))
+    assert worker([5], "--scenarios", "seq2")[0] == []  # nothing edited again
+    rescored = json.loads(out.read_text())
+    assert rescored["em"]["rel"] == 0.5 and [r["em"]["rel"] for r in rescored["records"]] == [0.0, 1.0]
+    assert rescored["run_key"] == result["run_key"] and "em_rescored" in rescored
+
+
+def test_a_finished_single_run_scored_before_em_is_redone(worker):
+    _, out = worker([5])
+    result = json.loads(out.read_text())
+    result.pop("em")
+    out.write_text(json.dumps(result))
+    assert len(worker([5])[0]) == 2  # single edits keep no state to re-score
