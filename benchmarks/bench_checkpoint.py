@@ -4,126 +4,25 @@ A sequence cannot be journalled record by record like single edits: edit k is ma
 the k-1 edits before it left it. So after every edit the model's edited state is saved with the
 run's bookkeeping, and a resumed run restores both on a fresh model before making edit k+1.
 
-What "the edited state" is depends on the method (MODEL_STATES): BaFT's saved interventions, the
-weight tensors an in-place editor (ROME, MEMIT, FT) changed so far, or GRACE's codebook. ROME and
-MEMIT also sample context templates once, from the model as it is at their first edit; those are
-saved too, so a resumed run uses the same ones. WISE, LoRA and AlphaEdit keep state in host objects
-this does not reach (side memories, PEFT wrappers, a projection cache): their sequences start over.
+What "the edited state" is, is the method adapter's to say (bench_methods.ADAPTERS): BaFT's saved
+interventions, the weight tensors an in-place editor (ROME, MEMIT, FT) changed so far, or GRACE's
+codebook. ROME and MEMIT also sample context templates once, from the model as it is at their first
+edit; those are saved too, so a resumed run uses the same ones. Methods whose adapter has no save
+keep state in host objects this does not reach: their sequences start over.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
-import sys
 from pathlib import Path
 from typing import Dict, Optional
 
-import torch
+from bench_methods import MethodSpec
 
-from bench_methods import grace_adapters
-
-# Host modules whose CONTEXT_TEMPLATES_CACHE steers later edits (sampled once, then reused).
-CONTEXT_TEMPLATE_MODULES = {
-    "ROME": "easyeditor.models.rome.rome_main",
-    "MEMIT": "easyeditor.models.memit.memit_main",
-}
-
-
-def _save_baft(model, directory: Path, changed_names) -> None:
-    from easyedit_baft.artifacts import save_edits
-
-    save_edits(model, directory)
-
-
-def _restore_baft(model, directory: Path, hparams) -> None:
-    from easyedit_baft.artifacts import load_edits
-
-    load_edits(model, directory)
-
-
-def _save_weights(model, directory: Path, changed_names) -> None:
-    from safetensors.torch import save_file
-
-    params = dict(model.named_parameters())
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({name: params[name].detach().contiguous() for name in sorted(changed_names)},
-              str(directory / "weights.safetensors"))
-
-
-def _restore_weights(model, directory: Path, hparams) -> None:
-    from safetensors.torch import load_file
-
-    params = dict(model.named_parameters())
-    saved = load_file(str(directory / "weights.safetensors"))
-    missing = sorted(set(saved) - set(params))
-    if missing:
-        raise ValueError(f"checkpoint {directory} holds weights the model lacks: {missing[:3]}; delete it to start over")
-    with torch.no_grad():
-        for name, value in saved.items():
-            params[name].copy_(value)
-
-
-# What a GRACE adapter learns and later edits and scoring read; the rest is rebuilt from hparams.
-GRACE_CODEBOOK_FIELDS = ("keys", "values", "epsilons", "key_labels", "edit_ids", "key_id", "edit_label",
-                         "edit_id", "chosen_key", "iter")
-
-
-def _grace_adapter(model):
-    adapters = grace_adapters(model)
-    if len(adapters) != 1:
-        raise ValueError(f"expected one GRACE adapter in the model, found {len(adapters)}")
-    return adapters[0]
-
-
-def _save_grace(model, directory: Path, changed_names) -> None:
-    adapter = _grace_adapter(model)
-    codebook = {name: getattr(adapter, name) for name in GRACE_CODEBOOK_FIELDS if hasattr(adapter, name)}
-    codebook = {name: value.detach() if isinstance(value, torch.Tensor) else value for name, value in codebook.items()}
-    directory.mkdir(parents=True, exist_ok=True)
-    torch.save(codebook, directory / "codebook.pt")
-
-
-def _restore_grace(model, directory: Path, hparams) -> None:
-    from easyeditor.models.grace.GRACE import GRACE
-
-    GRACE(config=hparams, model=model, device=hparams.device)  # puts the (empty) adapter in its layer
-    adapter = _grace_adapter(model)
-    for name, value in torch.load(directory / "codebook.pt").items():
-        # values is trained at every edit: the host keeps it as a Parameter.
-        setattr(adapter, name, torch.nn.Parameter(value, requires_grad=True) if name == "values" else value)
-
-
-# alg_name -> (save, restore) of the model's edited state.
-MODEL_STATES = {
-    "BaFT": (_save_baft, _restore_baft),
-    "ROME": (_save_weights, _restore_weights),
-    "MEMIT": (_save_weights, _restore_weights),
-    "FT": (_save_weights, _restore_weights),
-    "GRACE": (_save_grace, _restore_grace),
-}
-
-
-def restore_state(alg_name: str, model, directory: Path, hparams) -> None:
+def restore_state(spec: MethodSpec, model, directory: Path, hparams) -> None:
     """Put a saved edited state (a checkpoint's, or a finished run's final_state_dir) onto a fresh model."""
-    MODEL_STATES[alg_name][1](model, directory, hparams)
-
-
-def resumable(alg_name: str) -> bool:
-    return alg_name in MODEL_STATES
-
-
-def _template_cache(alg_name: str):
-    # The host module is loaded once the method has edited; if it is not, there is nothing to keep.
-    module = sys.modules.get(CONTEXT_TEMPLATE_MODULES.get(alg_name, ""))
-    return getattr(module, "CONTEXT_TEMPLATES_CACHE", None)
-
-
-def _set_template_cache(alg_name: str, templates) -> None:
-    module = CONTEXT_TEMPLATE_MODULES.get(alg_name)
-    if module and templates is not None:
-        setattr(importlib.import_module(module), "CONTEXT_TEMPLATES_CACHE", templates)
+    spec.adapter.restore(model, directory, hparams)
 
 
 class SequenceCheckpoint:
@@ -133,8 +32,8 @@ class SequenceCheckpoint:
     complete, so a run cut off while saving still finds the previous, whole checkpoint.
     """
 
-    def __init__(self, directory: Optional[Path], header: dict, alg_name: str):
-        self.directory, self.header, self.alg_name = directory, header, alg_name
+    def __init__(self, directory: Optional[Path], header: dict, spec: MethodSpec):
+        self.directory, self.header, self.spec = directory, header, spec
         self.discarded_reason = None
         self.progress: Optional[dict] = None
         progress = read_progress(directory) if directory is not None else None
@@ -149,14 +48,14 @@ class SequenceCheckpoint:
 
     @property
     def enabled(self) -> bool:
-        return self.directory is not None and resumable(self.alg_name)
+        return self.directory is not None and self.spec.adapter.resumable
 
     def restore(self, model, hparams) -> Optional[dict]:
         """Put the saved edited state onto a fresh `model`; returns the saved bookkeeping (None: start afresh)."""
         if self.progress is None or not self.enabled:
             return None
-        restore_state(self.alg_name, model, self.directory / self.progress["state"], hparams)
-        _set_template_cache(self.alg_name, self.progress.get("context_templates"))
+        restore_state(self.spec, model, self.directory / self.progress["state"], hparams)
+        self.spec.adapter.set_context_templates(self.progress.get("context_templates"))
         return self.progress["bookkeeping"]
 
     def save(self, model, bookkeeping: dict, changed_names, new_state: bool = True) -> None:
@@ -168,11 +67,11 @@ class SequenceCheckpoint:
         if new_state:
             staging = self.directory / (state + ".tmp")
             shutil.rmtree(staging, ignore_errors=True)
-            MODEL_STATES[self.alg_name][0](model, staging, changed_names)
+            self.spec.adapter.save(model, staging, changed_names)
             shutil.rmtree(self.directory / state, ignore_errors=True)
             staging.rename(self.directory / state)
         progress = {"header": self.header, "state": state, "bookkeeping": bookkeeping,
-                    "context_templates": _template_cache(self.alg_name)}
+                    "context_templates": self.spec.adapter.context_templates()}
         staged = self.directory / "progress.tmp"
         staged.write_text(json.dumps(progress, default=float))
         staged.replace(self.directory / "progress.json")

@@ -59,7 +59,11 @@ def read_set(data_dir: Path, name: str, n: int) -> List[dict]:
 
 def build_requests(prepare_requests, data_dir: Path, name: str, n: int) -> List[dict]:
     """The first n records of data set `name` as EasyEdit requests (built by the host's own builder)."""
-    kwargs = edit_kwargs(read_set(data_dir, name, n))
+    return requests_from_records(prepare_requests, read_set(data_dir, name, n))
+
+
+def requests_from_records(prepare_requests, records: List[dict]) -> List[dict]:
+    kwargs = edit_kwargs(records)
     prompts, target_new = kwargs.pop("prompts"), kwargs.pop("target_new")
     # The host's edit() gives records without a ground truth (WikiBio, insertions) None; so does this.
     ground_truth = kwargs.pop("ground_truth", [None] * len(prompts))

@@ -42,12 +42,6 @@ def import_host():
     return easyeditor
 
 
-def scored_by_generation(alg_name: str) -> bool:
-    """Whether the host scores this method by generating the answer instead of teacher forcing
-    (evaluate.py: vanilla_generation=hparams.alg_name=='GRACE')."""
-    return alg_name == "GRACE"
-
-
 def generate_full_length(model) -> None:
     """Make generate() always produce max_new_tokens, so the host's generated-token scoring cannot crash.
 

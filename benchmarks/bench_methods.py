@@ -1,8 +1,16 @@
-"""The compared methods: how each one's hparams are built, and what each edit costs in parameters and bytes."""
+"""The compared methods: one adapter per host algorithm holds everything the runner knows of it.
+
+An Adapter says which hparams class the method reads, how its edited model is unwrapped and kept,
+what one edit trains and stores, and how its edited state is saved and restored between edits (so a
+cut-off sequence resumes and a finished one can be re-scored). The runner asks the adapter; nowhere
+else does it test a method's name.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,15 +21,223 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+# ---- what an edit trains and stores ----------------------------------------------------------
+
+
+def _modules_named(model, class_name: str) -> List[torch.nn.Module]:
+    return [m for m in model.modules() if type(m).__name__ == class_name]
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _baft_parameters(model, weights_copy) -> int:
+    from easyedit_baft.layers import get_state
+
+    state = get_state(model)
+    return sum(iv.num_parameters() for iv in state.interventions.values()) if state else 0
+
+
+def _baft_bytes(model, changed_names) -> int:
+    """Bytes of the saved interventions (edits.safetensors): what a user ships."""
+    from easyedit_baft.artifacts import save_edits
+    from easyedit_baft.layers import get_state
+
+    if get_state(model) is None:
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        save_edits(model, tmp)
+        return (Path(tmp) / "edits.safetensors").stat().st_size
+
+
+def _changed_elements(model, weights_copy) -> int:
+    """An in-place weight editor: the elements of the tensors it returned as changed."""
+    if not isinstance(weights_copy, dict):
+        return 0
+    return sum(v.numel() for v in weights_copy.values() if isinstance(v, torch.Tensor))
+
+
+def _changed_bytes(model, changed_names) -> int:
+    params = dict(model.named_parameters())
+    return _nbytes(params[n] for n in changed_names if n in params)
+
+
+def _lora(model) -> List[torch.Tensor]:
+    return [p for n, p in model.named_parameters() if "lora_" in n]
+
+
+def _wise_memory(model) -> List[torch.Tensor]:
+    """WISE's side memories: the weight being trained and the ones kept from earlier edits."""
+    tensors = []
+    for adapter in _modules_named(model, "WISEAdapter"):
+        tensors.append(adapter.new_weight)
+        tensors.extend(getattr(adapter, "memory_weight", None) or [])
+    return tensors
+
+
+def _grace_adapter(model):
+    adapters = _modules_named(model, "GRACEAdapter")
+    if len(adapters) != 1:
+        raise ValueError(f"expected one GRACE adapter in the model, found {len(adapters)}")
+    return adapters[0]
+
+
+def _grace_codebook(model) -> List[torch.Tensor]:
+    tensors = [getattr(a, name, None) for a in _modules_named(model, "GRACEAdapter")
+               for name in ("keys", "values", "epsilons")]
+    return [t for t in tensors if isinstance(t, torch.Tensor)]
+
+
+# ---- saved edited state ---------------------------------------------------------------------
+
+
+def _save_baft(model, directory: Path, changed_names) -> None:
+    from easyedit_baft.artifacts import save_edits
+
+    save_edits(model, directory)
+
+
+def _restore_baft(model, directory: Path, hparams) -> None:
+    from easyedit_baft.artifacts import load_edits
+
+    load_edits(model, directory)
+
+
+def _save_weights(model, directory: Path, changed_names) -> None:
+    from safetensors.torch import save_file
+
+    params = dict(model.named_parameters())
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({name: params[name].detach().contiguous() for name in sorted(changed_names)},
+              str(directory / "weights.safetensors"))
+
+
+def _restore_weights(model, directory: Path, hparams) -> None:
+    from safetensors.torch import load_file
+
+    params = dict(model.named_parameters())
+    saved = load_file(str(directory / "weights.safetensors"))
+    missing = sorted(set(saved) - set(params))
+    if missing:
+        raise ValueError(f"saved state {directory} holds weights the model lacks: {missing[:3]}; delete it to start over")
+    with torch.no_grad():
+        for name, value in saved.items():
+            params[name].copy_(value)
+
+
+# What a GRACE adapter learns and later edits and scoring read; the rest is rebuilt from hparams.
+GRACE_CODEBOOK_FIELDS = ("keys", "values", "epsilons", "key_labels", "edit_ids", "key_id", "edit_label",
+                         "edit_id", "chosen_key", "iter")
+
+
+def _save_grace(model, directory: Path, changed_names) -> None:
+    adapter = _grace_adapter(model)
+    codebook = {name: getattr(adapter, name) for name in GRACE_CODEBOOK_FIELDS if hasattr(adapter, name)}
+    codebook = {name: value.detach() if isinstance(value, torch.Tensor) else value for name, value in codebook.items()}
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(codebook, directory / "codebook.pt")
+
+
+def _restore_grace(model, directory: Path, hparams) -> None:
+    from easyeditor.models.grace.GRACE import GRACE
+
+    GRACE(config=hparams, model=model, device=hparams.device)  # puts the (empty) adapter in its layer
+    adapter = _grace_adapter(model)
+    for name, value in torch.load(directory / "codebook.pt").items():
+        # values is trained at every edit: the host keeps it as a Parameter.
+        setattr(adapter, name, torch.nn.Parameter(value, requires_grad=True) if name == "values" else value)
+
+
+def _grace_as_host_returns(editor):
+    """A restored GRACE codebook sits in the bare model; the host scores GRACE through its wrapper,
+    whose generate() re-reads the key at each prompt's last token (the bare model would keep a stale one)."""
+    if not _modules_named(editor.model, "GRACEAdapter"):
+        return editor.model
+    from easyeditor.models.grace.GRACE import GRACE
+
+    return GRACE(config=editor.hparams, model=editor.model, device=editor.hparams.device)
+
+
+# ---- the adapters ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Adapter:
+    alg_name: str  # the host's ALG_DICT key
+    hparams_class: str  # its class in easyeditor ('' for BaFT, which is this package's)
+    trained: Optional[Callable]  # (model, weights_copy) -> parameters one call trained or changed
+    stored: Callable  # (model, changed_names) -> bytes the edits so far take to ship
+    save: Optional[Callable] = None  # (model, directory, changed_names): the edited state, between edits
+    restore: Optional[Callable] = None  # (model, directory, hparams), onto a freshly loaded model
+    wrapped: bool = False  # the edit returns a wrapper whose .model is the model (GRACE, WISE)
+    keeps_returned_model: bool = False  # the host's sequential mode keeps the returned wrapper (LoRA's PEFT)
+    scored_by_generation: bool = False  # the host generates the answer instead of teacher forcing (GRACE)
+    context_templates_module: str = ""  # host module whose CONTEXT_TEMPLATES_CACHE later edits reuse
+    as_host_returns: Optional[Callable] = None  # (editor) -> the model as an edit call returns it
+    grown: Optional[Callable] = None  # without `trained`: (model) -> elements the edits so far added
+
+    def hparams_type(self):
+        if not self.hparams_class:
+            from easyedit_baft.hparams import BaFTHyperParams
+
+            return BaFTHyperParams
+        return getattr(importlib.import_module("easyeditor"), self.hparams_class)
+
+    @property
+    def resumable(self) -> bool:
+        return self.save is not None
+
+    def unwrap(self, edited_model):
+        return getattr(edited_model, "model", edited_model) if self.wrapped else edited_model
+
+    def model_as_host_returns(self, editor):
+        """The edited model in the form an edit call returns it, for a sequence restored from disk."""
+        return self.as_host_returns(editor) if self.as_host_returns else editor.model
+
+    def context_templates(self):
+        # The host module is loaded once the method has edited; if it is not, there is nothing to keep.
+        return getattr(sys.modules.get(self.context_templates_module or "", None), "CONTEXT_TEMPLATES_CACHE", None)
+
+    def set_context_templates(self, templates) -> None:
+        if self.context_templates_module and templates is not None:
+            setattr(importlib.import_module(self.context_templates_module), "CONTEXT_TEMPLATES_CACHE", templates)
+
+
+_WEIGHTS = dict(trained=_changed_elements, stored=_changed_bytes, save=_save_weights, restore=_restore_weights)
+ADAPTERS: Dict[str, Adapter] = {a.alg_name: a for a in [
+    Adapter("BaFT", "", _baft_parameters, _baft_bytes, _save_baft, _restore_baft),
+    Adapter("ROME", "ROMEHyperParams", **_WEIGHTS, context_templates_module="easyeditor.models.rome.rome_main"),
+    Adapter("MEMIT", "MEMITHyperParams", **_WEIGHTS, context_templates_module="easyeditor.models.memit.memit_main"),
+    Adapter("FT", "FTHyperParams", **_WEIGHTS),
+    # AlphaEdit keeps a projection cache in host objects this does not reach: its sequences start over.
+    Adapter("AlphaEdit", "AlphaEditHyperParams", _changed_elements, _changed_bytes),
+    Adapter("GRACE", "GraceHyperParams", None, lambda model, names: _nbytes(_grace_codebook(model)),
+            _save_grace, _restore_grace, wrapped=True, scored_by_generation=True, as_host_returns=_grace_as_host_returns,
+            grown=lambda model: sum(t.numel() for t in _grace_codebook(model))),
+    # UltraEdit's lifelong normalisation statistics live in its executor: its sequences start over.
+    Adapter("ULTRAEDIT", "UltraEditHyperParams", _changed_elements, _changed_bytes),
+    Adapter("LoRA", "LoRAHyperParams", lambda model, copy: sum(p.numel() for p in _lora(model)),
+            lambda model, names: _nbytes(_lora(model)), keeps_returned_model=True),
+    Adapter("WISE", "WISEHyperParams",
+            lambda model, copy: sum(a.new_weight.numel() for a in _modules_named(model, "WISEAdapter")),
+            lambda model, names: _nbytes(_wise_memory(model)), wrapped=True),
+]}
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     name: str  # as shown in the tables
-    alg_name: str  # the host's ALG_DICT key
+    alg_name: str  # its adapter (ADAPTERS)
     hparams_key: str  # which hparams file it reads: 'BaFT' or a host method folder name
     baft_overrides: Dict[str, object] = field(default_factory=dict)  # BaFT ablations
     optional: bool = False  # run only when named in --methods
     batchable: bool = False  # the host's batch check admits it
     takes_loc_prompts: bool = False  # trains on unrelated prompts passed as loc_prompt (WISE)
+
+    @property
+    def adapter(self) -> Adapter:
+        return ADAPTERS[self.alg_name]
 
 
 METHODS: Dict[str, MethodSpec] = {
@@ -37,30 +253,11 @@ METHODS: Dict[str, MethodSpec] = {
         MethodSpec("FT-L", "FT", "FT", optional=True, batchable=True),
         MethodSpec("LoRA", "LoRA", "LoRA", optional=True, batchable=True),
         MethodSpec("WISE", "WISE", "WISE", optional=True, takes_loc_prompts=True),
-        MethodSpec("AlphaEdit", "AlphaEdit", "AlphaEdit", optional=True),
+        MethodSpec("AlphaEdit", "AlphaEdit", "AlphaEdit", optional=True, batchable=True),
+        MethodSpec("ULTRAEDIT", "ULTRAEDIT", "ULTRAEDIT", optional=True, batchable=True),
     ]
 }
 DEFAULT_METHODS = [name for name, spec in METHODS.items() if not spec.optional]
-
-
-def hparams_class(alg_name: str):
-    """The host's (or BaFT's) hyper-parameter class for an algorithm."""
-    if alg_name == "BaFT":
-        from easyedit_baft.hparams import BaFTHyperParams
-
-        return BaFTHyperParams
-    import easyeditor
-
-    names = {
-        "ROME": "ROMEHyperParams",
-        "MEMIT": "MEMITHyperParams",
-        "GRACE": "GraceHyperParams",
-        "FT": "FTHyperParams",
-        "LoRA": "LoRAHyperParams",
-        "WISE": "WISEHyperParams",
-        "AlphaEdit": "AlphaEditHyperParams",
-    }
-    return getattr(easyeditor, names[alg_name])
 
 
 def load_hparams(spec: MethodSpec, path: Path, model_dir: str, stats_dir: Optional[Path], batch_size: int = 1):
@@ -70,7 +267,7 @@ def load_hparams(spec: MethodSpec, path: Path, model_dir: str, stats_dir: Option
             f"{spec.name}: hparams file {path} does not exist; pass --hparams {spec.name}=PATH "
             f"(or --baft-hparams / --hparams-dir)"
         )
-    hparams = hparams_class(spec.alg_name).from_hparams(str(path))
+    hparams = spec.adapter.hparams_type().from_hparams(str(path))
     if spec.baft_overrides:
         hparams = dataclasses.replace(hparams, **spec.baft_overrides)  # re-validated by __post_init__
     hparams.model_name = model_dir
@@ -79,136 +276,35 @@ def load_hparams(spec: MethodSpec, path: Path, model_dir: str, stats_dir: Option
         hparams.batch_size = batch_size
     if stats_dir is not None and hasattr(hparams, "stats_dir"):
         hparams.stats_dir = str(stats_dir)
-    # AlphaEdit's cached projection is read from the repository root, like stats_dir (the workers run
-    # in a scratch directory). BaFT reads a relative locality_source from its YAML file's folder.
-    value = getattr(hparams, "P_loc", None)
-    if isinstance(value, str) and not Path(value).expanduser().is_absolute():
-        hparams.P_loc = str(REPO_ROOT / value)
+    # Relative statistics and AlphaEdit's cached projection are read from the repository root (the
+    # workers run in a scratch directory). BaFT reads a relative locality_source from its YAML's folder.
+    for name in ("stats_dir", "P_loc"):
+        value = getattr(hparams, name, None)
+        if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+            setattr(hparams, name, str((REPO_ROOT / value).resolve()))
     return hparams
 
 
-# ---- what one edit trains or changes -------------------------------------------------------
-
-
-def _baft_state(model):
-    from easyedit_baft.layers import get_state
-
-    return get_state(model)
-
-
-def baft_trainable_parameters(model) -> int:
-    state = _baft_state(model)
-    return sum(iv.num_parameters() for iv in state.interventions.values()) if state else 0
-
-
-def baft_edit_bytes(model) -> int:
-    """Bytes of the saved interventions (edits.safetensors), or of their tensors if saving is unavailable."""
-    state = _baft_state(model)
-    if state is None:
-        return 0
-    try:
-        from easyedit_baft.artifacts import save_edits
-    except ImportError:
-        save_edits = None
-    if save_edits is not None:
-        with tempfile.TemporaryDirectory() as tmp:
-            save_edits(model, tmp)
-            return (Path(tmp) / "edits.safetensors").stat().st_size
-    return sum(t.numel() * t.element_size() for iv in state.interventions.values() for t in iv.state_dict().values())
-
-
-def grace_adapters(model) -> List[torch.nn.Module]:
-    return [m for m in model.modules() if type(m).__name__ == "GRACEAdapter"]
-
-
-def grace_codebook_tensors(model) -> List[torch.Tensor]:
-    """Keys, values and radii of every GRACE codebook in the model."""
-    tensors = [getattr(adapter, name, None) for adapter in grace_adapters(model)
-               for name in ("keys", "values", "epsilons")]
-    return [t for t in tensors if isinstance(t, torch.Tensor)]
-
-
-def grace_codebook_elements(model) -> int:
-    return sum(t.numel() for t in grace_codebook_tensors(model))
-
-
-def grace_codebook_bytes(model) -> int:
-    return sum(t.numel() * t.element_size() for t in grace_codebook_tensors(model))
-
-
-def wise_side_memory(model) -> List[torch.Tensor]:
-    """WISE's side memories: the weight being trained and the ones kept from earlier edits."""
-    tensors = []
-    for adapter in (m for m in model.modules() if type(m).__name__ == "WISEAdapter"):
-        tensors.append(adapter.new_weight)
-        tensors.extend(getattr(adapter, "memory_weight", None) or [])
-    return tensors
-
-
-def wise_trained_parameters(model) -> int:
-    adapters = [m for m in model.modules() if type(m).__name__ == "WISEAdapter"]
-    return sum(a.new_weight.numel() for a in adapters)
-
-
-def lora_trainable_parameters(model) -> int:
-    return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
-
-
-def lora_bytes(model) -> int:
-    return sum(p.numel() * p.element_size() for n, p in model.named_parameters() if "lora_" in n)
-
-
-def tensor_dict_elements(weights_copy) -> int:
-    if not isinstance(weights_copy, dict):
-        return 0
-    return sum(v.numel() for v in weights_copy.values() if isinstance(v, torch.Tensor))
-
-
-def changed_tensor_bytes(model, names) -> int:
-    """Bytes of the model's current tensors with these names (what must be stored to ship the edit)."""
-    params = dict(model.named_parameters())
-    return sum(params[n].numel() * params[n].element_size() for n in names if n in params)
-
-
 class CostMeter:
-    """Tracks, over one scenario, how many parameters each edit trains or changes, and the edit's size."""
+    """Tracks, over one scenario, how many parameters each edit trains or changes, and the edits' size."""
 
     def __init__(self, spec: MethodSpec):
-        self.spec = spec
+        self.adapter = spec.adapter
         self.per_edit_params: List[int] = []
         self.changed_names: set = set()  # weight-editing methods: names of tensors changed so far
 
     def after_edit(self, model, weights_copy, n_requests: int) -> None:
-        alg = self.spec.alg_name
-        if alg == "BaFT":
-            count = baft_trainable_parameters(model)
-        elif alg == "GRACE":
-            count = None  # codebook growth is read at the end of the scenario
-        elif alg == "LoRA":
-            count = lora_trainable_parameters(model)
-        elif alg == "WISE":
-            count = wise_trained_parameters(model)
-        else:
-            count = tensor_dict_elements(weights_copy)
-            if isinstance(weights_copy, dict):
-                self.changed_names.update(weights_copy)
-        if count is not None:
+        if isinstance(weights_copy, dict):
+            self.changed_names.update(weights_copy)
+        if self.adapter.trained is not None:
+            count = self.adapter.trained(model, weights_copy)
             self.per_edit_params.extend([count / n_requests] * n_requests)
 
     def summary(self, model, n_edits: int) -> dict:
         """params_per_edit and edit_bytes for the model as the scenario leaves it."""
-        alg = self.spec.alg_name
-        if alg == "GRACE":
-            elements = grace_codebook_elements(model)
-            return {"params_per_edit": elements / max(n_edits, 1), "edit_bytes": grace_codebook_bytes(model),
-                    "codebook_elements": elements}
-        if alg == "BaFT":
-            size = baft_edit_bytes(model)
-        elif alg == "LoRA":
-            size = lora_bytes(model)
-        elif alg == "WISE":
-            size = sum(t.numel() * t.element_size() for t in wise_side_memory(model))
-        else:
-            size = changed_tensor_bytes(model, self.changed_names)
+        size = self.adapter.stored(model, self.changed_names)
+        if self.adapter.grown is not None:  # read from what the edits left (GRACE's codebook)
+            elements = self.adapter.grown(model)
+            return {"params_per_edit": elements / max(n_edits, 1), "edit_bytes": size, "codebook_elements": elements}
         mean = sum(self.per_edit_params) / len(self.per_edit_params) if self.per_edit_params else None
         return {"params_per_edit": mean, "edit_bytes": size}

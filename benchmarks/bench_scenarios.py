@@ -20,8 +20,7 @@ from tqdm.auto import tqdm
 from bench_checkpoint import SequenceCheckpoint, as_bookkeeping
 from bench_journal import Journal, ordered
 from bench_memory import current_rss_mb, lifetime_peak_mb
-from bench_host import scored_by_generation
-from bench_methods import CostMeter, MethodSpec, grace_adapters
+from bench_methods import CostMeter
 from easyedit_baft.metrics import exact_match, locality_continuations, mean, record_scores
 
 EM_LOCALITY = "em_locality"  # in a pre-edit output: the unedited model's greedy locality continuations
@@ -86,44 +85,10 @@ class ScenarioResult:
 # ---- evaluation ----------------------------------------------------------------------------
 
 
-def spelled_as_generated(tok, prompt: str, target: str) -> str:
-    """`target` spelled so that tok.encode() gives the tokens that follow `prompt` in `prompt target`.
-
-    The host scores GRACE by comparing tok.encode(target) with the tokens generated after the prompt.
-    With a byte-level BPE (SmolLM2, GPT-2) a word after a prompt is the token ' word', not 'word', so a
-    correct edit would score 0. Where both spellings give the same tokens the decoded string encodes
-    like `target`; where the prompt's tokens change when the target is appended, `target` is kept.
-    """
-    if not isinstance(target, str):
-        return target
-    prompt_ids = tok.encode(prompt, add_special_tokens=False)
-    joined = tok.encode(f"{prompt} {target}", add_special_tokens=False)
-    if joined[: len(prompt_ids)] != prompt_ids:
-        return target
-    following = joined[len(prompt_ids):]
-    spelled = tok.decode(following)
-    return spelled if tok.encode(spelled, add_special_tokens=False) == following else target
-
-
-def generation_scored_request(tok, request: dict) -> dict:
-    """A copy of `request` whose target and portability answers are spelled as generated after their prompts."""
-    request = copy.deepcopy(request)
-    request["target_new"] = spelled_as_generated(tok, request["prompt"], request["target_new"])
-    for hop in (request.get("portability") or {}).values():
-        prompts, answers = hop["prompt"], hop["ground_truth"]
-        if isinstance(prompts, str):
-            hop["ground_truth"] = spelled_as_generated(tok, prompts, answers)
-        else:
-            hop["ground_truth"] = [spelled_as_generated(tok, p, a) for p, a in zip(prompts, answers)]
-    return request
-
-
 def evaluate(host: Host, editor, model, request: dict, pre: dict, fluency: bool) -> dict:
     """Scores of one request on `model`, two ways: the host's teacher-forced metrics (locality against
     `pre`), and generation-based exact match as `em` (locality against pre's greedy continuations)."""
     em = host.exact_match(model, editor.tok, request, pre.get(EM_LOCALITY))
-    if scored_by_generation(editor.hparams.alg_name):  # see spelled_as_generated
-        request = generation_scored_request(editor.tok, request)
     post = host.compute_edit_quality(
         model, editor.model_name, editor.hparams, editor.tok, request, editor.hparams.device,
         test_generation=fluency,
@@ -182,18 +147,6 @@ def apply_edit(editor, requests: List[dict]):
     return edited_model, weights_copy, time.perf_counter() - start
 
 
-def _underlying_model(edited_model):
-    """GRACE and WISE return a wrapper around the model; costs are read from the model inside."""
-    wrapped = type(edited_model).__name__ in ("GRACE", "WISE")
-    return getattr(edited_model, "model", edited_model) if wrapped else edited_model
-
-
-def _keep_edited_model(editor, spec: MethodSpec, edited_model) -> None:
-    # The host's sequential mode keeps the PEFT wrapper as the model for LoRA; others edit in place.
-    if spec.alg_name == "LoRA":
-        editor.model = edited_model
-
-
 def _merge_costs(costs: List[dict]) -> dict:
     keys = {k for c in costs for k in c}
     return {k: mean([c.get(k) for c in costs]) for k in keys}
@@ -212,8 +165,8 @@ def run_single(host, editor, spec, requests, pres, fluency_n, journal: Optional[
         started = time.perf_counter()
         edited_model, weights_copy, seconds = apply_edit(editor, [request])
         meter = CostMeter(spec)
-        meter.after_edit(_underlying_model(edited_model), weights_copy, 1)
-        costs = meter.summary(_underlying_model(edited_model), 1)
+        meter.after_edit(spec.adapter.unwrap(edited_model), weights_copy, 1)
+        costs = meter.summary(spec.adapter.unwrap(edited_model), 1)
         scores = evaluate(host, editor, edited_model, request, pre, fluency=i < fluency_n)
         host.restore_after_edit(editor, edited_model, weights_copy)
         journal.record(i, {"prompt": request["prompt"], "scores": scores, "edit_seconds": seconds,
@@ -234,8 +187,8 @@ def run_batch(host, editor, spec, requests, pres, fluency_n, batch_size) -> Scen
         edited_model, weights_copy, seconds = apply_edit(editor, batch)
         result.edit_seconds.extend([seconds / len(batch)] * len(batch))
         meter = CostMeter(spec)
-        meter.after_edit(_underlying_model(edited_model), weights_copy, len(batch))
-        costs.append(meter.summary(_underlying_model(edited_model), len(batch)))
+        meter.after_edit(spec.adapter.unwrap(edited_model), weights_copy, len(batch))
+        costs.append(meter.summary(spec.adapter.unwrap(edited_model), len(batch)))
         for i in chunk:
             result.records.append(evaluate(host, editor, edited_model, requests[i], pres[i],
                                            fluency=i < fluency_n))
@@ -243,19 +196,6 @@ def run_batch(host, editor, spec, requests, pres, fluency_n, batch_size) -> Scen
         result.n_edits += len(batch)
     result.costs = _merge_costs(costs)
     return result
-
-
-def model_as_host_returns(editor, spec: MethodSpec):
-    """The edited model in the form the host's edit call returns it, for a sequence resumed from disk.
-
-    A restored GRACE codebook sits in the bare model; the host scores GRACE through its wrapper, whose
-    generate() re-reads the key at each prompt's last token (the bare model would keep a stale one).
-    """
-    if spec.alg_name == "GRACE" and grace_adapters(editor.model):
-        from easyeditor.models.grace.GRACE import GRACE
-
-        return GRACE(config=editor.hparams, model=editor.model, device=editor.hparams.device)
-    return editor.model
 
 
 def checkpoint_steps(total: int, requested: List[int], batch: int = 1) -> List[int]:
@@ -283,7 +223,7 @@ def run_sequential(host, editor, spec, requests, pres, fluency_n, checkpoints,
 
     With a checkpoint, progress is saved after every call and a cut-off run continues from it.
     """
-    checkpoint = checkpoint or SequenceCheckpoint(None, {}, spec.alg_name)
+    checkpoint = checkpoint or SequenceCheckpoint(None, {}, spec)
     result, meter = ScenarioResult(), CostMeter(spec)
     _restore_progress(checkpoint, editor, result, meter)
     started = time.perf_counter()
@@ -310,21 +250,22 @@ def run_sequential(host, editor, spec, requests, pres, fluency_n, checkpoints,
         else:
             save(model, new_state=False)
 
-    edited_model = model_as_host_returns(editor, spec)
+    edited_model = spec.adapter.model_as_host_returns(editor)
     score_if_due(edited_model, result.n_edits)  # a run may have been cut off between an edit and its scoring
     bar = tqdm(initial=result.n_edits, total=len(requests), desc=f"{spec.name} seq{len(requests)}")
     for start in range(result.n_edits, len(requests), batch):
         call = requests[start: start + batch]
         edited_model, weights_copy, seconds = apply_edit(editor, call)
         result.edit_seconds.extend([seconds / len(call)] * len(call))
-        meter.after_edit(_underlying_model(edited_model), weights_copy, len(call))
-        _keep_edited_model(editor, spec, edited_model)
+        meter.after_edit(spec.adapter.unwrap(edited_model), weights_copy, len(call))
+        if spec.adapter.keeps_returned_model:  # as the host's sequential mode keeps LoRA's PEFT wrapper
+            editor.model = edited_model
         result.n_edits = start + len(call)
         save(edited_model, new_state=True)
         score_if_due(edited_model, result.n_edits)
         bar.update(len(call))
     bar.close()
-    result.costs = meter.summary(_underlying_model(edited_model), result.n_edits)
+    result.costs = meter.summary(spec.adapter.unwrap(edited_model), result.n_edits)
     return result
 
 

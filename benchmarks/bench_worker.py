@@ -12,13 +12,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bench_data import build_requests, data_hash, training_loc_prompts
-from bench_host import generate_full_length, import_host, metric_functions, scored_by_generation
+from bench_host import generate_full_length, import_host, metric_functions
 from bench_memory import PeakMemory
 from bench_methods import MethodSpec, load_hparams
 from bench_checkpoint import SequenceCheckpoint, checkpoint_dir, final_state_dir, restore_state
 from bench_journal import Journal, journal_path
 from bench_scenarios import (EM_LOCALITY, Host, Scenario, add_pre_continuations, checkpoint_steps, mean_scores,
-                             model_as_host_returns, pre_edit_metrics, run_scenario)
+                             pre_edit_metrics, run_scenario)
 from bench_spec import RunSpec, changed_fields, finished_result, model_fingerprint
 
 
@@ -38,22 +38,9 @@ def write_json(path: Path, data) -> None:
     staging.replace(path)
 
 
-def resolve_stats_dir(args, hparams_file: Path):
-    """--stats-dir, else the hparams' own stats_dir; a relative one is read from the repo root."""
-    if args.stats_dir is not None:
-        return args.stats_dir.resolve()
-    import yaml
-
-    configured = (yaml.safe_load(hparams_file.read_text()) or {}).get("stats_dir")
-    if not configured:
-        return None
-    path = Path(configured)
-    return path if path.is_absolute() else (Path(__file__).resolve().parent.parent / path).resolve()
-
-
 def _pre_cache_path(args, spec: MethodSpec, run: RunSpec) -> Path:
     # Pre-edit outputs depend on the model, the records and, for a method scored by generation, the scoring.
-    mode = "generate" if scored_by_generation(spec.alg_name) else "teacher"
+    mode = "generate" if spec.adapter.scored_by_generation else "teacher"
     name = f"{run.model_fingerprint}__{run.data_sha256}__n{run.n}__{mode}.json"
     return args.results_dir / "pre_cache" / name
 
@@ -132,11 +119,11 @@ def rescore_with_em(args, host, spec, hparams, run: RunSpec, requests, out: Path
     saved = json.loads(out.read_text())
     state = final_state_dir(checkpoint_dir(out))
     editor = host.BaseEditor(hparams)
-    if scored_by_generation(spec.alg_name):
+    if spec.adapter.scored_by_generation:
         generate_full_length(editor.model)
     pres = pre_edit(args, host, editor, spec, run, requests)
-    restore_state(spec.alg_name, editor.model, state, hparams)
-    model = model_as_host_returns(editor, spec)
+    restore_state(spec, editor.model, state, hparams)
+    model = spec.adapter.model_as_host_returns(editor)
     records = saved["records"]
     for record, request, pre in zip(tqdm(records, desc=f"{spec.name} em"), requests, pres):
         if record["prompt"] != request["prompt"]:
@@ -163,7 +150,7 @@ def open_progress(args, spec, data_set, scenario, hparams, out: Path):
         progress = Journal(journal_path(out), header)
         done = len(progress.entries)
     else:
-        progress = SequenceCheckpoint(checkpoint_dir(out), header, spec.alg_name)
+        progress = SequenceCheckpoint(checkpoint_dir(out), header, spec)
         done = progress.progress["bookkeeping"]["n_edits"] if progress.progress else 0
         if not progress.enabled:
             print(f"{where}: {spec.alg_name}'s edited state is not saved between edits; a cut-off run starts over",
@@ -181,7 +168,7 @@ def run_one(args, host, spec, hparams, hparams_file, data_set, scenario, request
     progress = open_progress(args, spec, data_set, scenario, hparams, out)
     with PeakMemory() as peak:
         editor = host.BaseEditor(hparams)
-        if scored_by_generation(spec.alg_name):  # the host generates len(target) tokens to score
+        if spec.adapter.scored_by_generation:  # the host generates len(target) tokens to score
             generate_full_length(editor.model)
         pres = pre_edit(args, host, editor, spec, run, requests)
         result = run_scenario(host, editor, spec, scenario, requests, pres, args.fluency_n, args.checkpoints,
@@ -228,7 +215,6 @@ def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
     import_host()
     host = Host(**metric_functions())
     args.model_dir = resolve_model_path(args.model)
-    stats_dir = resolve_stats_dir(args, hparams_file) if hparams_file.is_file() else None
     model_fp = model_fingerprint(args.model_dir)
     failed = 0
     for data_set in args.sets:
@@ -243,7 +229,7 @@ def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
             out = result_path(args.results_dir, args.n, spec.name, data_set, name)
             where = f"[{spec.name}] {data_set} {name}"
             try:
-                hparams = load_hparams(spec, hparams_file, args.model_dir, stats_dir, scenario.edits_per_call)
+                hparams = load_hparams(spec, hparams_file, args.model_dir, args.stats_dir, scenario.edits_per_call)
                 run = run_spec(args, spec, hparams, data_set, scenario, data_sha, model_fp)
             except Exception as err:
                 failed += _record_failure(out, spec, data_set, name, args.n, err)

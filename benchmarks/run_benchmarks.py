@@ -79,6 +79,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.scenario_limits = parse_scenario_limits(parser, args)
     if args.n < 1:
         parser.error(f"--n {args.n}: give at least 1 record per set")
+    malformed = [item for item in args.hparams if "=" not in item]
+    if malformed:
+        parser.error(f"--hparams {malformed[0]!r}: give METHOD=PATH, e.g. ROME=examples/hparams/ROME/smollm2-135m.yaml")
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    # Paths are read from where the command was given, before a worker changes its working directory.
+    for name in ("data_dir", "baft_hparams", "hparams_dir", "results_dir", "stats_dir"):
+        if getattr(args, name) is not None:
+            setattr(args, name, getattr(args, name).expanduser().resolve())
+    if args.model != EMBEDDED_MODEL_NAME:
+        args.model = str(Path(args.model).expanduser().resolve())
+    args.hparams = [f"{k}={Path(v).expanduser().resolve()}" for k, v in (i.split("=", 1) for i in args.hparams)]
     return args
 
 
@@ -125,31 +136,22 @@ def result_path(results_dir: Path, n: int, method: str, data_set: str, scenario:
 def worker(args) -> int:
     from bench_worker import run_method
 
+    os.chdir(host_workdir(args))  # the host writes its logs/ into the working directory
     return run_method(args, METHODS[args.worker], hparams_path(args, args.worker), result_path)
+
+
+def host_workdir(args) -> Path:
+    workdir = args.results_dir / "host_workdir"
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
 
 
 # ---- driver ------------------------------------------------------------------------------------
 
 
 def worker_command(args, method: str) -> List[str]:
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", method]
-    # Workers run in the results folder, so a model given as a relative path is made absolute.
-    model = args.model if args.model == EMBEDDED_MODEL_NAME else str(Path(args.model).expanduser().resolve())
-    command += ["--model", model, "--data-dir", str(args.data_dir.resolve()), "--n", str(args.n)]
-    command += ["--sets", *args.sets, "--scenarios", *args.scenarios, "--methods", method]
-    command += ["--baft-hparams", str(args.baft_hparams.resolve()), "--hparams-dir", str(args.hparams_dir.resolve())]
-    command += ["--model-tag", args.model_tag, "--results-dir", str(args.results_dir.resolve())]
-    command += ["--fluency-n", str(args.fluency_n), "--checkpoints", *map(str, args.checkpoints)]
-    command += ["--threads", str(args.threads)]
-    if args.hparams:
-        command += ["--hparams", *[f"{k}={Path(v).resolve()}" for k, v in (i.split("=", 1) for i in args.hparams)]]
-    if args.stats_dir:
-        command += ["--stats-dir", str(args.stats_dir.resolve())]
-    if args.scenarios_for:
-        command += ["--scenarios-for", *args.scenarios_for]
-    if args.force:
-        command.append("--force")
-    return command
+    """The driver's own command line, for one method (workers parse it as the driver did)."""
+    return [sys.executable, str(Path(__file__).resolve()), *args.argv, "--methods", method, "--worker", method]
 
 
 def run_driver(args) -> int:
@@ -158,9 +160,6 @@ def run_driver(args) -> int:
     args.results_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
     failures = []
-    # The workers' working directory collects the host's own log files (it writes ./logs).
-    workdir = args.results_dir / "host_workdir"
-    workdir.mkdir(parents=True, exist_ok=True)
     # Each worker decides, per data set and scenario, whether a finished result exists under its run key.
     queue = list(args.methods)
     running = {}
@@ -168,7 +167,7 @@ def run_driver(args) -> int:
         while queue and len(running) < max(args.jobs, 1):
             method = queue.pop(0)
             print(f"\n=== {method}: start ({time.strftime('%H:%M:%S')}) ===", flush=True)
-            running[method] = subprocess.Popen(worker_command(args, method), cwd=workdir)
+            running[method] = subprocess.Popen(worker_command(args, method))
         time.sleep(2)
         for method, process in list(running.items()):
             if process.poll() is None:

@@ -31,7 +31,14 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from host_setup import DATA_DIR, EXAMPLES_HPARAMS, resolve_model, resolve_repo_path, set_threads
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # run from a checkout
+
+from easyedit_baft.model_loading import resolve_model_path  # noqa: E402
+from easyedit_baft.records import default_data_dir  # noqa: E402
+
+DATA_DIR = default_data_dir()
+EXAMPLES_HPARAMS = REPO_ROOT / "examples" / "hparams"
 
 LOG = logging.getLogger("memit_stats")
 
@@ -146,11 +153,12 @@ def main(argv=None) -> int:
     parser.add_argument("--force", action="store_true", help="recompute files that exist")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    set_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     hp = yaml.safe_load(args.hparams.read_text(encoding="utf-8"))
-    model_path = resolve_model(args.model)
-    stats_dir = resolve_repo_path(args.stats_dir or hp["stats_dir"])
+    model_path = resolve_model_path(args.model)
+    stats_dir = REPO_ROOT / Path(args.stats_dir or hp["stats_dir"]).expanduser()  # relative: from the repo root
     n_samples, dtype = int(hp["mom2_n_samples"]), hp["mom2_dtype"]
     layer_names = [hp["rewrite_module_tmp"].format(layer) for layer in hp["layers"]]
     targets = {name: stats_file(stats_dir, model_path, hp["mom2_dataset"], name, dtype, n_samples)

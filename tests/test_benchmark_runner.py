@@ -124,7 +124,7 @@ SEQ_HEADER = {**HEADER, "scenario": "seq6", "checkpoints": [2, 4]}
 
 
 def run_seq(directory, editor, host=None, header=SEQ_HEADER, batch=1, checkpoints=(2, 4)):
-    checkpoint = SequenceCheckpoint(directory, header, "ROME")
+    checkpoint = SequenceCheckpoint(directory, header, METHODS["ROME"])
     result = run_sequential(host or sequence_host(), editor, METHODS["ROME"], REQUESTS, [{}] * 6, 0,
                             list(checkpoints), checkpoint, batch)
     return checkpoint, result
@@ -217,7 +217,7 @@ def test_report_shows_an_unfinished_sequence_with_its_checkpoint_scores(tmp_path
 
 def test_methods_without_a_saved_state_are_not_checkpointed(tmp_path):
     directory = checkpoint_dir(tmp_path / "WISE.json")
-    checkpoint = SequenceCheckpoint(directory, SEQ_HEADER, "WISE")
+    checkpoint = SequenceCheckpoint(directory, SEQ_HEADER, METHODS["WISE"])
     assert not checkpoint.enabled
     run_sequential(sequence_host(), FakeSequenceEditor(), METHODS["WISE"], REQUESTS, [{}] * 6, 0, [2], checkpoint)
     assert not directory.exists()
@@ -230,10 +230,10 @@ def test_baft_sequence_checkpoint_restores_the_edits_exactly(tmp_path):
     hp = hparams(grow_rank=2, n_steps=20)
     for request in EDITS[:2]:
         edit(model, tok, request, hp)
-    checkpoint = SequenceCheckpoint(tmp_path / "BaFT.partial", SEQ_HEADER, "BaFT")
+    checkpoint = SequenceCheckpoint(tmp_path / "BaFT.partial", SEQ_HEADER, METHODS["BaFT"])
     checkpoint.save(model, {"n_edits": 2}, set())
     fresh = tiny_llama()
-    reopened = SequenceCheckpoint(tmp_path / "BaFT.partial", SEQ_HEADER, "BaFT")
+    reopened = SequenceCheckpoint(tmp_path / "BaFT.partial", SEQ_HEADER, METHODS["BaFT"])
     assert reopened.restore(fresh, hp) == {"n_edits": 2}
     assert torch.equal(logits(fresh, tok), logits(model, tok))
 
@@ -376,22 +376,6 @@ def test_generation_for_grace_scoring_runs_to_full_length():
     assert model.generate(prompt, **kwargs).shape[1] == 3 + 6
 
 
-def test_generation_scored_targets_are_spelled_as_the_tokens_after_the_prompt():
-    from bench_scenarios import generation_scored_request
-    from tiny_models import make_tokenizer
-
-    tok = make_tokenizer()
-    request = {"prompt": "The capital of France is", "target_new": "Rome", "rephrase_prompt": "France's capital:",
-               "portability": {"one_hop": {"prompt": ["Rome is in"], "ground_truth": ["Italy"]}}}
-    scored = generation_scored_request(tok, request)
-    after_prompt = tok.encode("The capital of France is Rome", add_special_tokens=False)[
-        len(tok.encode("The capital of France is", add_special_tokens=False)):]
-    assert tok.encode(scored["target_new"], add_special_tokens=False) == after_prompt
-    assert tok.encode(scored["target_new"], add_special_tokens=False) != tok.encode("Rome", add_special_tokens=False)
-    assert scored["portability"]["one_hop"]["ground_truth"] == [" Italy"]
-    assert request["target_new"] == "Rome"  # the request itself is left as it was
-
-
 def test_a_finished_sequence_scored_before_em_is_rescored_from_its_kept_state_not_edited_again(worker, tmp_path):
     made, _ = worker([5], "--scenarios", "seq2")
     assert len(made) == 2
@@ -414,3 +398,18 @@ def test_a_finished_single_run_scored_before_em_is_redone(worker):
     result.pop("em")
     out.write_text(json.dumps(result))
     assert len(worker([5])[0]) == 2  # single edits keep no state to re-score
+
+
+def test_a_worker_parses_the_drivers_own_command_line_from_anywhere(tmp_path, monkeypatch):
+    import run_benchmarks
+
+    monkeypatch.chdir(tmp_path)
+    driver = run_benchmarks.parse_args(["--n", "3", "--sets", "zsre", "--results-dir", "out", "--scenarios",
+                                        "seq10", "--hparams", "ROME=rome.yaml", "--methods", "BaFT", "ROME"])
+    command = run_benchmarks.worker_command(driver, "ROME")
+    worker = run_benchmarks.parse_args(command[2:])  # started where the driver runs, before it moves
+    assert all(Path(p).is_absolute() for p in (worker.results_dir, worker.data_dir, worker.baft_hparams))
+    assert (worker.worker, worker.methods) == ("ROME", ["ROME"])
+    assert worker.results_dir == tmp_path / "out" and worker.hparams == [f"ROME={tmp_path / 'rome.yaml'}"]
+    same = {k: v for k, v in vars(driver).items() if k not in ("worker", "methods", "argv")}
+    assert same == {k: v for k, v in vars(worker).items() if k in same}

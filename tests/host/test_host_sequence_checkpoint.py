@@ -13,7 +13,7 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 from bench_checkpoint import SequenceCheckpoint  # noqa: E402
 from bench_methods import METHODS  # noqa: E402
-from bench_scenarios import apply_edit, model_as_host_returns  # noqa: E402
+from bench_scenarios import apply_edit  # noqa: E402
 
 
 def _grace_editor(model_path):
@@ -46,13 +46,13 @@ def test_grace_sequence_resumes_from_its_saved_codebook(model_path, zsre_records
     running = _grace_editor(model_path)
     for request in requests[:2]:
         _edit(running, request)
-    SequenceCheckpoint(tmp_path / "GRACE.partial", {"run": 1}, "GRACE").save(running.model, {"n_edits": 2}, set())
+    SequenceCheckpoint(tmp_path / "GRACE.partial", {"run": 1}, METHODS["GRACE"]).save(running.model, {"n_edits": 2}, set())
 
     resumed = _grace_editor(model_path)
     with torch.no_grad():
         unedited = torch.stack([resumed.model(**resumed.tok(p, return_tensors="pt")).logits[0, -1]
                                 for p in edited_prompts])
-    assert SequenceCheckpoint(tmp_path / "GRACE.partial", {"run": 1}, "GRACE").restore(
+    assert SequenceCheckpoint(tmp_path / "GRACE.partial", {"run": 1}, METHODS["GRACE"]).restore(
         resumed.model, resumed.hparams) == {"n_edits": 2}
     restored = _logits_on(resumed, edited_prompts)
     assert not torch.equal(restored[:2], unedited[:2]), "the codebook changed nothing on the edited prompts"
@@ -63,7 +63,7 @@ def test_grace_sequence_resumes_from_its_saved_codebook(model_path, zsre_records
     assert torch.equal(_logits_on(resumed, edited_prompts), _logits_on(running, edited_prompts))
 
     # A resumed sequence is scored through GRACE's wrapper, whose generate() keys on each prompt's last token.
-    scored = model_as_host_returns(resumed, METHODS["GRACE"])
+    scored = METHODS["GRACE"].adapter.model_as_host_returns(resumed)
     adapter = next(m for m in resumed.model.modules() if type(m).__name__ == "GRACEAdapter")
     adapter.key_id = 0  # stale, as the bare model would keep it from an earlier prompt
     tokens = resumed.tok(edited_prompts[0], return_tensors="pt")
