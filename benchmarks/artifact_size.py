@@ -15,23 +15,14 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the one tiny-model module
 
 import torch  # noqa: E402
 
 from easyedit_baft import save_edits  # noqa: E402
 from easyedit_baft.baft_main import apply_baft_to_model  # noqa: E402
 from easyedit_baft.hparams import BaFTHyperParams  # noqa: E402
-from long_run_memory import byte_tokenizer, request  # noqa: E402
-
-
-def random_llama(hidden: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=300, hidden_size=hidden, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=8, num_key_value_heads=8, max_position_embeddings=128)
-    return LlamaForCausalLM(config).eval()
+from tiny_models import make_tokenizer, many_requests, tiny_llama  # noqa: E402
 
 
 def main() -> None:
@@ -40,16 +31,17 @@ def main() -> None:
     parser.add_argument("--edits", type=int, nargs="+", default=[1, 10])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    tok = byte_tokenizer()
+    tok = make_tokenizer()
+    requests = many_requests(max(args.edits))
     print(f"{'d':>5} {'edits':>5} {'bytes':>10} {'bytes/edit':>10} {'trained numbers/edit':>20} {'bytes/number':>12}")
     for hidden in args.hidden:
-        model = random_llama(hidden)
+        model = tiny_llama(n_layers=2, hidden_size=hidden)
         hp = BaFTHyperParams(model_name="random-llama", layers=[1], rank=4, grow_rank=4, n_steps=2,
                              n_locality_prompts=4, n_context_prefixes=0, max_length=64)
         done = 0
         for target in sorted(args.edits):
             while done < target:
-                apply_baft_to_model(model, tok, [request(done)], hp)
+                apply_baft_to_model(model, tok, [requests[done]], hp)
                 done += 1
             with tempfile.TemporaryDirectory() as directory:
                 save_edits(model, Path(directory) / "edits")

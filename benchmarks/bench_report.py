@@ -9,20 +9,21 @@ from typing import Dict, List, Optional
 from bench_checkpoint import checkpoint_dir, read_progress
 from bench_data import is_knowedit
 from bench_journal import journal_path, read_partial
+from bench_methods import METHODS
+from bench_scenarios import Scenario
 from easyedit_baft.metrics import harmonic_mean, knowedit_summary, mean
 
-TABLE_COLUMNS = ["method", "rel", "gen", "loc", "port", "HM(rel,gen,loc)", "fluency", "s/edit",
-                 "params/edit", "peak MB", "edit size"]
+TABLE_COLUMNS = ["method", "rel", "gen", "loc", "port", "HM(rel,gen,loc)", "em rel", "em gen", "em loc", "em port",
+                 "em HM", "fluency", "s/edit", "params/edit", "peak MB", "edit size"]
 PLOTTED_SCORES = [("rel", "reliability (rewrite_acc)"), ("gen", "generalization (rephrase_acc)"),
                   ("loc", "locality")]
 PARAMS_SHARE_OF_ROME = 0.01
-METHOD_ORDER = ["BaFT", "ReFT", "BaFT-noLB", "ROME", "MEMIT", "GRACE", "FT-L", "LoRA", "WISE", "AlphaEdit"]
+METHOD_ORDER = list(METHODS)
 
 
 def _scenario_order(name: str) -> tuple:
-    kind = 0 if name == "single" else (1 if name.startswith("batch") else 2)
-    digits = "".join(c for c in name if c.isdigit())
-    return kind, int(digits or 0)
+    scenario = Scenario.parse(name)
+    return ("single", "batch", "seq").index(scenario.kind), scenario.size, scenario.batch
 
 
 def _method_order(name: str) -> int:
@@ -81,6 +82,8 @@ def load_runs(results_dir: Path) -> List[dict]:
         records = run.pop("records", None)  # per-request scores stay in runs/
         if run.get("status") in ("ok", "partial"):
             run["hm"] = harmonic_mean([run.get("rel"), run.get("gen"), run.get("loc")])
+            em = run.get("em") or {}
+            run["em_hm"] = harmonic_mean([em.get("rel"), em.get("gen"), em.get("loc")]) if em else None
             if is_knowedit(run["set"]) and records:
                 run["knowedit"] = knowedit_summary(records)
     runs.sort(key=lambda r: (r["n"], r["set"], _scenario_order(r["scenario"]), _method_order(r["method"])))
@@ -133,11 +136,14 @@ def table_row(run: dict) -> List[str]:
     if run["status"] == "partial" and "n_edits" in run:
         scored = ", ".join(f"after {c['edits']}: {_pct(c['rel'])} / {_pct(c['gen'])} / {_pct(c['loc'])}"
                            for c in run["checkpoints"])
-        text = f"partial: {run['n_edits']} of {run['scenario'][3:]} edits made; rel / gen / loc {scored or 'not yet scored'}"
+        text = (f"partial: {run['n_edits']} of {Scenario.parse(run['scenario']).size} edits made; "
+                f"rel / gen / loc {scored or 'not yet scored'}")
         return [run["method"], text] + [""] * (len(TABLE_COLUMNS) - 2)
     name = run["method"] if run["status"] == "ok" else f"{run['method']} (partial: {run['n_scored']}/{run['n']})"
-    return [name, _pct(run["rel"]), _pct(run["gen"]), _pct(run["loc"]), _pct(run["port"]),
-            _pct(run["hm"]), _num(run["fluency"]), _num(run["seconds_per_edit"]),
+    em = run.get("em") or {}
+    return [name, _pct(run["rel"]), _pct(run["gen"]), _pct(run["loc"]), _pct(run["port"]), _pct(run["hm"]),
+            *[_pct(em.get(k)) for k in ("rel", "gen", "loc", "port")], _pct(run.get("em_hm")),
+            _num(run["fluency"]), _num(run["seconds_per_edit"]),
             _count(run.get("params_per_edit")), _num(run.get("peak_mb"), 0), _bytes(run.get("edit_bytes"))]
 
 
@@ -147,6 +153,9 @@ def markdown_tables(runs: List[dict], args) -> str:
         "",
         "rel/gen/loc/port: EasyEdit's rewrite_acc, rephrase_acc, locality and portability (token accuracy, %, "
         "teacher forcing; GRACE by generation, as the host scores it). HM: harmonic mean of rel, gen, loc. "
+        "em: generation-based exact match, one rule for every method (rel/gen/port: the normalised answer starts "
+        "the greedy continuation of the prompt alone; loc: the greedy continuation of the unrelated prompt is "
+        "unchanged from the unedited model's). "
         "fluency: the host's n-gram entropy of 100 generated tokens (first "
         f"{args.fluency_n} edits). Sequential runs (seqT) are scored on all T edits after the last one. "
         "s/edit: wall time of the method's edit call. params/edit: parameters one edit trains or changes "
@@ -208,20 +217,21 @@ def check_targets(runs: List[dict]) -> List[str]:
         where = f"{data_set}/{scenario} (N={n})"
         ok = [r for r in runs if (r["n"], r["set"], r["scenario"]) == key and r["status"] == "ok"]
         baft, rome = _find(ok, "BaFT", key), _find(ok, "ROME", key)
-        if not scenario.startswith("batch"):
-            scored = [r for r in ok if r.get("hm") is not None]
-            if baft is None or baft.get("hm") is None or len(scored) < 2:
-                lines.append(f"[n/a    ] {where}: BaFT HM highest: not enough results")
-            else:
-                rivals = [r for r in scored if r is not baft]
-                best_rival = max(r["hm"] for r in rivals)
-                # A tie (e.g. every method at 0) is not "highest": it is reported as such.
-                verdict = "met" if baft["hm"] > best_rival else ("tie" if baft["hm"] == best_rival else "NOT MET")
-                others = ", ".join(f"{r['method']} {_pct(r['hm'])}" for r in rivals)
-                missing = [r["method"] for r in runs if (r["n"], r["set"], r["scenario"]) == key
-                           and r["status"] != "ok"]
-                note = f" (not run or not finished: {', '.join(missing)})" if missing else ""
-                lines.append(f"[{verdict:7}] {where}: BaFT HM {_pct(baft['hm'])} highest? vs {others}{note}")
+        for field, label in (("hm", "HM"), ("em_hm", "em HM")):
+            if scenario.startswith("batch"):
+                break
+            scored = [r for r in ok if r.get(field) is not None]
+            if baft is None or baft.get(field) is None or len(scored) < 2:
+                lines.append(f"[n/a    ] {where}: BaFT {label} highest: not enough results")
+                continue
+            rivals = [r for r in scored if r is not baft]
+            best_rival = max(r[field] for r in rivals)
+            # A tie (e.g. every method at 0) is not "highest": it is reported as such.
+            verdict = "met" if baft[field] > best_rival else ("tie" if baft[field] == best_rival else "NOT MET")
+            others = ", ".join(f"{r['method']} {_pct(r[field])}" for r in rivals)
+            missing = [r["method"] for r in runs if (r["n"], r["set"], r["scenario"]) == key and r["status"] != "ok"]
+            note = f" (not run or not finished: {', '.join(missing)})" if missing else ""
+            lines.append(f"[{verdict:7}] {where}: BaFT {label} {_pct(baft[field])} highest? vs {others}{note}")
         if baft and rome:
             b, r = baft["seconds_per_edit"], rome["seconds_per_edit"]
             verdict = "met" if b <= r else "NOT MET"

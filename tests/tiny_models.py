@@ -85,13 +85,13 @@ def tok():
     return make_tokenizer()
 
 
-def tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float32, n_layers: int = 4):
-    """A random 4-layer Llama (d=64). initializer_range=0.2 gives its logits a real spread: at the
+def tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float32, n_layers: int = 4, hidden_size: int = 64):
+    """A random 4-layer Llama (d=64 unless told). initializer_range=0.2 gives its logits a real spread: at the
     default 0.02 every logit is near zero and a small edit cannot make a target the argmax."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=64, intermediate_size=128,
+    config = LlamaConfig(vocab_size=VOCAB_SIZE, hidden_size=hidden_size, intermediate_size=128,
                          num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=256, initializer_range=0.2)
     return LlamaForCausalLM(config).to(dtype).eval()
