@@ -12,6 +12,20 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 
+def _read_lines(path: Path) -> List[dict]:
+    """The journal's JSON lines; a last line cut off mid-write (the record in flight) is dropped.
+    A bad line before the last is not a cut-off write: it raises."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    parsed = []
+    for number, line in enumerate(lines):
+        try:
+            parsed.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines) - 1:
+                raise ValueError(f"{path}: line {number + 1} is not JSON; delete the journal to start over") from None
+    return parsed
+
+
 def journal_path(result_file: Path) -> Path:
     return result_file.with_name(result_file.stem + ".partial.jsonl")
 
@@ -25,9 +39,11 @@ class Journal:
         self.entries: Dict[int, dict] = {}
         self.discarded_reason = None
         if path is not None and path.is_file():
-            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            lines = _read_lines(path)
             if lines and lines[0] == header:
                 self.entries = {entry["index"]: entry for entry in lines[1:]}
+                # Rewritten whole, so the next record does not follow a cut-off line.
+                path.write_text("".join(json.dumps(line, default=float) + "\n" for line in lines))
             else:
                 # A journal of other hparams or data would mix two different runs into one score.
                 self.discarded_reason = "its method, data or hparams differ from this run's"
@@ -52,7 +68,7 @@ class Journal:
 
 def read_partial(path: Path) -> tuple:
     """(header, entries) of a journal on disk, for the report."""
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = _read_lines(path)
     return (lines[0], lines[1:]) if lines else ({}, [])
 
 

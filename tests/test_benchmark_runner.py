@@ -78,6 +78,29 @@ def test_cut_off_run_resumes_after_the_journalled_records(tmp_path):
     assert not path.exists()
 
 
+def test_a_journal_line_cut_off_mid_write_is_redone_not_fatal(tmp_path):
+    path = journal_path(tmp_path / "ROME.json")
+    with pytest.raises(Interrupted):
+        run(path, FakeEditor(fail_at="p3"))
+    text = path.read_text()
+    path.write_text(text[: len(text) - 20])  # the process died while writing record 2
+    editor = FakeEditor()
+    _, result = run(path, editor)
+    assert editor.edited == ["p2", "p3", "p4", "p5"]
+    assert [r["rel"] for r in result.records] == [i / 10 for i in range(6)]
+    assert all(json.loads(line) for line in path.read_text().splitlines())  # no cut-off line left behind
+
+
+def test_a_bad_journal_line_before_the_last_is_refused(tmp_path):
+    path = journal_path(tmp_path / "ROME.json")
+    with pytest.raises(Interrupted):
+        run(path, FakeEditor(fail_at="p3"))
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([lines[0], "{not json", *lines[2:]]) + "\n")
+    with pytest.raises(ValueError, match="line 2 is not JSON"):
+        run(path, FakeEditor())
+
+
 def test_report_shows_an_unfinished_run_as_partial(tmp_path):
     out = tmp_path / "runs" / "n6" / "zsre" / "single" / "ROME.json"
     with pytest.raises(Interrupted):

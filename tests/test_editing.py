@@ -16,6 +16,8 @@ from tiny_models import (
     hparams,
     logits,
     target_holds,
+    TINY_DECODERS,
+    tiny_decoder,
     tiny_gpt2,
     tiny_llama,
 )
@@ -263,6 +265,17 @@ def test_subject_swaps_keep_the_same_question_about_others_unchanged(tok):
 
 def test_gpt2_edits_and_restores(tok):
     model = tiny_gpt2()
+    before = Fingerprint(model, tok)
+    _, restore = edit(model, tok, REQUESTS[0], return_orig_weights=True)
+    assert holds(model, tok, REQUESTS[0])
+    restore()
+    before.assert_unchanged()
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY_DECODERS))
+def test_every_supported_decoder_family_edits_and_restores(tok, model_type):
+    model = tiny_decoder(model_type)
+    assert model.config.model_type == model_type
     before = Fingerprint(model, tok)
     _, restore = edit(model, tok, REQUESTS[0], return_orig_weights=True)
     assert holds(model, tok, REQUESTS[0])

@@ -106,6 +106,30 @@ def tiny_gpt2(seed: int = 0):
     return GPT2LMHeadModel(config).eval()
 
 
+# model_type -> (config class, model class, config fields) of a random 4-layer, d=64 decoder.
+TINY_DECODERS = {
+    "gptj": ("GPTJConfig", "GPTJForCausalLM", dict(n_embd=64, n_layer=4, n_head=4, rotary_dim=8, n_positions=256)),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                                                             intermediate_size=128, max_position_embeddings=256)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                                                      num_key_value_heads=2, intermediate_size=128,
+                                                      max_position_embeddings=256)),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(hidden_size=64, num_hidden_layers=4, num_attention_heads=4,
+                                                            num_key_value_heads=2, intermediate_size=128,
+                                                            max_position_embeddings=256)),
+}
+
+
+def tiny_decoder(model_type: str, seed: int = 0):
+    """A random tiny decoder of one of TINY_DECODERS' architectures (initializer_range as tiny_llama's)."""
+    import transformers
+
+    config_class, model_class, fields = TINY_DECODERS[model_type]
+    torch.manual_seed(seed)
+    config = getattr(transformers, config_class)(vocab_size=VOCAB_SIZE, initializer_range=0.2, **fields)
+    return getattr(transformers, model_class)(config).eval()
+
+
 def hparams(**overrides) -> BaFTHyperParams:
     """Small, fast settings; two layers at rank 8 keep five sequential or six batched edits holding."""
     fields = dict(model_name="tiny", layers=[1, 2], rank=8, lr=5e-2, n_steps=100,
