@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -24,6 +25,9 @@ CONTEXT_PREFIXES = (
     "In short,",
 )
 
+
+# relation_swapped_prompts: share of content words above which a template counts as a paraphrase.
+RELATION_OVERLAP = 0.3
 
 # locality_source names of the prompt pools shipped in easyedit_baft/data (see PROVENANCE.md there).
 BUILTIN_SOURCE = "builtin"
@@ -89,6 +93,39 @@ def subject_swapped_prompts(prompt: str, subject, n: int, rng: random.Random) ->
         return []
     others = [name for name in builtin_subject_names() if name.lower() != subject.strip().lower()]
     return [prompt.replace(subject, name) for name in rng.sample(others, min(n, len(others)))]
+
+
+@lru_cache(maxsize=None)
+def relation_templates() -> tuple:
+    return _package_lines("relation_templates.txt")
+
+
+def _content_words(text: str) -> set:
+    words = re.findall(r"[a-z]+", text.lower())
+    return {w for w in words if len(w) > 3}  # drops what, was, the, is, of, did, ...
+
+
+def relation_swapped_prompts(prompt: str, subject, n: int, rng: random.Random,
+                             max_overlap: float = RELATION_OVERLAP) -> List[str]:
+    """The subject asked about through n other relations ([] when the subject is not in the prompt).
+
+    Another fact about the same subject must keep its old answer: these prompts teach the gate to
+    open on the edited relation too, not on the subject alone. A template sharing more than
+    max_overlap of its content words with the edit prompt is skipped: it is likely a paraphrase
+    of the edited question, which must change.
+    """
+    if n <= 0 or not isinstance(subject, str) or not subject.strip() or subject not in prompt:
+        return []
+    asked = _content_words(prompt.replace(subject, " "))
+    chosen = []
+    for template in rng.sample(relation_templates(), len(relation_templates())):
+        words = _content_words(template.replace("{}", " "))
+        if words and len(words & asked) / len(words | asked) > max_overlap:
+            continue
+        chosen.append(template.replace("{}", subject))
+        if len(chosen) == n:
+            break
+    return chosen
 
 
 def _prompts_from_records(records: list, path: Path) -> List[str]:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import layers as plumbing
 from .hparams import BaFTHyperParams
-from .prompt_sources import CONTEXT_PREFIXES, subject_swapped_prompts, unrelated_prompts
+from .prompt_sources import CONTEXT_PREFIXES, relation_swapped_prompts, subject_swapped_prompts, unrelated_prompts
 from .requests import pad_id_of, pad_rows, target_token_ids
 
 
@@ -102,6 +102,7 @@ def _unrelated_rows(tok, requests: List[dict], hp: BaFTHyperParams, rng: random.
     chosen += [(r["loc_prompt"], False) for r in requests if r.get("loc_prompt")]
     for request in requests:
         swapped = subject_swapped_prompts(request["prompt"], request.get("subject"), hp.n_subject_swaps, rng)
+        swapped += relation_swapped_prompts(request["prompt"], request.get("subject"), hp.n_relation_swaps, rng)
         chosen += [(text, False) for text in swapped]
     rows = []
     for text, cacheable in chosen:

@@ -24,7 +24,8 @@ from tiny_models import (
 from easyedit_baft import layers as plumbing
 from easyedit_baft.baft_main import apply_baft_to_model
 from easyedit_baft.hparams.baft_hparams import LOCALITY_PENALTIES
-from easyedit_baft.prompt_sources import builtin_subject_names, subject_swapped_prompts
+from easyedit_baft.prompt_sources import (builtin_subject_names, relation_swapped_prompts, relation_templates,
+                                         subject_swapped_prompts)
 
 
 def holds(model, tok, request) -> bool:
@@ -329,3 +330,31 @@ def test_zero_swaps_leave_the_random_stream_alone():
     rng, untouched = random.Random(3), random.Random(3)
     assert subject_swapped_prompts("The capital of France is", "France", 0, rng) == []
     assert rng.random() == untouched.random()
+
+
+# --- relation-swapped prompts ---------------------------------------------------------------------
+
+
+def test_relation_swapped_prompts_ask_other_questions_about_the_same_subject():
+    swapped = relation_swapped_prompts("What was Nokia's occupation?", "Nokia", 6, random.Random(0))
+    templates = set(relation_templates())
+    assert len(swapped) == 6 and len(set(swapped)) == 6
+    assert all(text.replace("Nokia", "{}", 1) in templates for text in swapped)
+    assert not any("occupation" in text for text in swapped)  # the edited question's own wording is skipped
+
+
+@pytest.mark.parametrize("subject", [None, "", "Oslo"])
+def test_no_relation_swaps_without_the_subject_in_the_prompt(subject):
+    assert relation_swapped_prompts("The capital of France is", subject, 4, random.Random(0)) == []
+
+
+def test_zero_relation_swaps_leave_the_random_stream_alone():
+    rng, untouched = random.Random(3), random.Random(3)
+    assert relation_swapped_prompts("The capital of France is", "France", 0, rng) == []
+    assert rng.random() == untouched.random()
+
+
+def test_relation_swaps_are_held_unchanged_in_training(tok):
+    with_swaps = plumbing.get_state(edit(tiny_llama(), tok, REQUESTS[0], hparams(n_relation_swaps=5))[0]).last_report
+    without = plumbing.get_state(edit(tiny_llama(), tok, REQUESTS[0], hparams())[0]).last_report
+    assert with_swaps.held_rows == without.held_rows + 5

@@ -97,6 +97,9 @@ class BaFTHyperParams(_HostHyperParams):
     n_locality_prompts: int = 32
     # Per request, its prompt with the subject swapped for this many other names, also held unchanged.
     n_subject_swaps: int = 0
+    # Per request, its subject asked about through this many other relations (templates of the ZsRE
+    # train split), also held unchanged: the gate must tell the edited relation from the subject's others.
+    n_relation_swaps: int = 0
 
     # Generalisation: the target is also trained after this many short neutral prefixes.
     n_context_prefixes: int = 2
@@ -253,6 +256,7 @@ def validate(hp: BaFTHyperParams) -> None:
         _fail("locality_source", hp.locality_source, "use 'builtin' or the path of a prompts file")
     _check_int(hp, "n_locality_prompts", 0)
     _check_int(hp, "n_subject_swaps", 0)
+    _check_int(hp, "n_relation_swaps", 0)
     _check_int(hp, "n_context_prefixes", 0)
     _check_int(hp, "replay_edits", 0)
     _check_int(hp, "grow_rank", 0)
