@@ -109,6 +109,7 @@ class BaFTState:
         # Inputs of the lowest intervened layer for earlier edits, replayed in continual editing.
         self.replay_memory: List[dict] = []
         self.enabled = True
+        self.last_report = None  # the trainer's EditReport of the latest edit (set by apply_baft_to_model)
 
     def snapshot(self) -> dict:
         """Everything an edit may change, to undo it exactly; its cost does not grow with past edits."""

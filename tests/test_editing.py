@@ -321,14 +321,19 @@ def test_subject_swapped_prompts_replace_the_subject_with_other_names():
         assert any(text == f"Who founded {n}? {n} was founded by" for n in names)
 
 
+SWAPS = [subject_swapped_prompts, relation_swapped_prompts]
+
+
+@pytest.mark.parametrize("swaps", SWAPS)
 @pytest.mark.parametrize("subject", [None, "", "Oslo", 7])
-def test_no_swaps_when_the_subject_is_missing_or_not_in_the_prompt(subject):
-    assert subject_swapped_prompts("The capital of France is", subject, 4, random.Random(0)) == []
+def test_no_swaps_when_the_subject_is_missing_or_not_in_the_prompt(swaps, subject):
+    assert swaps("The capital of France is", subject, 4, random.Random(0)) == []
 
 
-def test_zero_swaps_leave_the_random_stream_alone():
+@pytest.mark.parametrize("swaps", SWAPS)
+def test_zero_swaps_leave_the_random_stream_alone(swaps):
     rng, untouched = random.Random(3), random.Random(3)
-    assert subject_swapped_prompts("The capital of France is", "France", 0, rng) == []
+    assert swaps("The capital of France is", "France", 0, rng) == []
     assert rng.random() == untouched.random()
 
 
@@ -341,17 +346,6 @@ def test_relation_swapped_prompts_ask_other_questions_about_the_same_subject():
     assert len(swapped) == 6 and len(set(swapped)) == 6
     assert all(text.replace("Nokia", "{}", 1) in templates for text in swapped)
     assert not any("occupation" in text for text in swapped)  # the edited question's own wording is skipped
-
-
-@pytest.mark.parametrize("subject", [None, "", "Oslo"])
-def test_no_relation_swaps_without_the_subject_in_the_prompt(subject):
-    assert relation_swapped_prompts("The capital of France is", subject, 4, random.Random(0)) == []
-
-
-def test_zero_relation_swaps_leave_the_random_stream_alone():
-    rng, untouched = random.Random(3), random.Random(3)
-    assert relation_swapped_prompts("The capital of France is", "France", 0, rng) == []
-    assert rng.random() == untouched.random()
 
 
 def test_relation_swaps_are_held_unchanged_in_training(tok):
