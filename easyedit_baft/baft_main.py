@@ -17,7 +17,7 @@ from .trainer import build_interventions, train_edit
 LOG = logging.getLogger(__name__)
 
 # Fields that fix the shape of the interventions: later edits on the same model must agree.
-STRUCTURAL_FIELDS = ("layers", "rank", "gate")
+STRUCTURAL_FIELDS = ("layers", "rank", "gate", "gate_threshold")
 
 
 class RestoreEdit:
@@ -43,7 +43,8 @@ def _grow(state: plumbing.BaFTState, hparams: BaFTHyperParams) -> None:
 
 def _check_compatible(state: plumbing.BaFTState, hparams: BaFTHyperParams) -> None:
     for name in STRUCTURAL_FIELDS:
-        before, now = state.hparams[name], getattr(hparams, name)
+        # A field newer than the edits on the model has its default there.
+        before, now = state.hparams.get(name, getattr(BaFTHyperParams, name)), getattr(hparams, name)
         if before != now:
             raise ValueError(
                 f"{name}={now!r}, but this model already carries BaFT edits made with {name}={before!r}; "
