@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy as copy_module
+import dataclasses
 import logging
 import time
 from typing import Any, List, Optional, Tuple
@@ -18,6 +19,7 @@ LOG = logging.getLogger(__name__)
 
 # Fields that fix the shape of the interventions: later edits on the same model must agree.
 STRUCTURAL_FIELDS = ("layers", "rank", "gate", "gate_threshold")
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(BaFTHyperParams)}
 
 
 class RestoreEdit:
@@ -44,7 +46,7 @@ def _grow(state: plumbing.BaFTState, hparams: BaFTHyperParams) -> None:
 def _check_compatible(state: plumbing.BaFTState, hparams: BaFTHyperParams) -> None:
     for name in STRUCTURAL_FIELDS:
         # A field newer than the edits on the model has its default there.
-        before, now = state.hparams.get(name, getattr(BaFTHyperParams, name)), getattr(hparams, name)
+        before, now = state.hparams.get(name, DEFAULTS.get(name)), getattr(hparams, name)
         if before != now:
             raise ValueError(
                 f"{name}={now!r}, but this model already carries BaFT edits made with {name}={before!r}; "
