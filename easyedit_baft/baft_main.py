@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy as copy_module
-import dataclasses
 import logging
 import time
 from typing import Any, List, Optional, Tuple
@@ -18,8 +17,7 @@ from .trainer import build_interventions, train_edit
 LOG = logging.getLogger(__name__)
 
 # Fields that fix the shape of the interventions: later edits on the same model must agree.
-STRUCTURAL_FIELDS = ("layers", "rank", "gate", "gate_threshold")
-DEFAULTS = {f.name: f.default for f in dataclasses.fields(BaFTHyperParams)}
+STRUCTURAL_FIELDS = ("layers", "rank", "gate")
 
 
 class RestoreEdit:
@@ -45,8 +43,7 @@ def _grow(state: plumbing.BaFTState, hparams: BaFTHyperParams) -> None:
 
 def _check_compatible(state: plumbing.BaFTState, hparams: BaFTHyperParams) -> None:
     for name in STRUCTURAL_FIELDS:
-        # A field newer than the edits on the model has its default there.
-        before, now = state.hparams.get(name, DEFAULTS.get(name)), getattr(hparams, name)
+        before, now = state.hparams[name], getattr(hparams, name)
         if before != now:
             raise ValueError(
                 f"{name}={now!r}, but this model already carries BaFT edits made with {name}={before!r}; "

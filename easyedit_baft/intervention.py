@@ -2,7 +2,6 @@
 
     Phi(h) = h + R^T ( g(h) * (W h + b - R h) )
     g(h)   = sigmoid( (U h + c) / tau ),  h RMS-normalised first when gate_input_norm is on
-    with gate_threshold t > 0:  g(h) is set to 0 where it is <= t (straight-through in training)
 
 R (r x d) has orthonormal rows within each block of bases. With g == 1 this is LoReFT (Wu et al., 2024).
 Continual editing grows the rank in blocks: grow(k) freezes every basis so far and adds k trainable ones,
@@ -54,7 +53,6 @@ class BaFTIntervention(nn.Module):
         gate_mode: str = "learned",
         generator: torch.Generator | None = None,
         gate_input_norm: bool = True,
-        gate_threshold: float = 0.0,
     ):
         super().__init__()
         if rank > hidden_size:
@@ -63,7 +61,6 @@ class BaFTIntervention(nn.Module):
         self.temperature, self.gate_mode = float(temperature), gate_mode
         self.gate_init_bias, self.gate_init_std = gate_init_bias, gate_init_std
         self.gate_input_norm = gate_input_norm
-        self.gate_threshold = float(gate_threshold)
         self.n_frozen = 0  # bases frozen by grow(); the trainable block follows them
         for name in FROZEN_BUFFERS:
             self.register_buffer(name, None)
@@ -139,12 +136,7 @@ class BaFTIntervention(nn.Module):
             # Residual-stream norms vary by orders of magnitude across positions and layers;
             # gating on the direction keeps the sigmoid out of saturation.
             h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
-        g = torch.sigmoid((h @ U.T + c) / self.temperature)
-        if self.gate_threshold > 0:
-            # A closed basis adds exactly nothing, however many edits there are; the gradient passes
-            # as if unthresholded, so a gate below t can still learn to open.
-            g = g + (g * (g > self.gate_threshold) - g).detach()
-        return g
+        return torch.sigmoid((h @ U.T + c) / self.temperature)
 
     def gates(self, h: torch.Tensor, trainable_only: bool = False) -> torch.Tensor:
         """g(h) in (0, 1)^r for every position of h (..., d); trainable_only: the trainable block's."""

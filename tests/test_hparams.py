@@ -104,7 +104,6 @@ BAD_VALUES = [
     ("early_stop_loss", 0.0), ("early_stop_locality", 0.0), ("early_stop_locality", "low"), ("weight_decay", -0.1), ("gate", "sigmoid"), ("gate_temperature", 0),
     ("gate_init_std", -1), ("lambda_loc", -1), ("kl_weight", float("inf")), ("lambda_lb", "x"),
     ("locality_source", ""), ("n_locality_prompts", -1), ("n_subject_swaps", -1), ("n_subject_swaps", 1.5),
-    ("n_relation_swaps", -2), ("gate_threshold", 1.0), ("gate_threshold", -0.1), ("gate_threshold", "high"),
     ("n_context_prefixes", None),
     ("replay_edits", -2), ("grow_rank", -1), ("grow_rank", 2.0), ("seed", -1), ("seed", 2**32), ("gate_input_norm", 1),
 ]

@@ -140,27 +140,3 @@ def test_R_stays_orthonormal_after_training(tok):
         R = module.R.detach()
         assert not torch.allclose(R, initial[i], atol=1e-3)  # training did rotate R
         assert_orthonormal_rows(R)
-
-
-def test_gate_threshold_closes_weak_gates_exactly_and_still_lets_them_learn():
-    torch.manual_seed(0)
-    module = BaFTIntervention(16, 4, gate_init_bias=-3.0, gate_threshold=0.2)
-    h = torch.randn(5, 16)
-    with torch.no_grad():
-        module.source_bias.fill_(1.0)  # a nonzero update wherever a gate is open
-    assert torch.equal(module.gates(h), torch.zeros(5, 4))  # sigmoid(-3) = 0.047 <= 0.2
-    assert torch.equal(module(h), h)
-    module.change(h).sum().backward()
-    assert module.gate_bias.grad.abs().sum() > 0  # straight-through: the closed gate gets a gradient
-    with torch.no_grad():
-        module.gate_bias.fill_(3.0)
-    open_gates = module.gates(h)
-    assert torch.allclose(open_gates, torch.sigmoid(torch.full((5, 4), 3.0)))  # above t: unchanged
-
-
-def test_a_zero_gate_threshold_is_the_continuous_gate():
-    torch.manual_seed(0)
-    plain, thresholded = BaFTIntervention(16, 4), BaFTIntervention(16, 4, gate_threshold=0.0)
-    thresholded.load_state_dict(plain.state_dict())
-    h = torch.randn(3, 16)
-    assert torch.equal(plain.gates(h), thresholded.gates(h))

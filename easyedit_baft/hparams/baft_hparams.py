@@ -80,9 +80,6 @@ class BaFTHyperParams(_HostHyperParams):
     gate_init_bias: float = -3.0  # gates start nearly closed, so unrelated inputs start untouched
     gate_init_std: float = 0.0
     gate_input_norm: bool = True  # the gate reads h / rms(h): a project choice, see intervention.py
-    # Gates at or below this are 0 (0: the paper's continuous gate). Each closed gate otherwise leaks
-    # sigmoid(c) of its edit into every input, and in a long sequence the leaks add up.
-    gate_threshold: float = 0.0
 
     # Loss weights: L = L_edit + lambda_loc * L_loc + lambda_lb * L_lb.
     # L_loc = locality_penalty on unrelated prompts + kl_weight * KL to their pre-edit next-token
@@ -251,9 +248,6 @@ def validate(hp: BaFTHyperParams) -> None:
     _check_choice(hp, "gate", GATE_MODES)
     _check_choice(hp, "locality_penalty", LOCALITY_PENALTIES)
     _check_float(hp, "gate_temperature", 0.0, strictly_above=True)
-    _check_float(hp, "gate_threshold", 0.0)
-    if hp.gate_threshold >= 1.0:
-        _fail("gate_threshold", hp.gate_threshold, "it must be below 1 (a gate never exceeds 1); 0 turns it off")
     _check_float(hp, "gate_init_bias", -math.inf)
     _check_float(hp, "gate_init_std", 0.0)
     for name in ("lambda_loc", "kl_weight", "lambda_lb"):
