@@ -59,13 +59,6 @@ def model_fingerprint(model_dir) -> str:
     return digest.hexdigest()[:16]
 
 
-def _legacy_match(saved: dict, spec: RunSpec) -> bool:
-    # A result written before runs had keys records no data hash nor model fingerprint; it stands for
-    # this spec only when everything it did record (model path included, in its hparams) is the same.
-    return (saved.get("method"), saved.get("set"), saved.get("scenario"), saved.get("n"), saved.get("hparams")) == (
-        spec.method, spec.data_set, spec.scenario, spec.n, spec.hparams)
-
-
 def finished_result(path: Path, spec: Optional[RunSpec]) -> Optional[str]:
     """Why the result at `path` is this spec's finished result, or None when the run must be (re)done."""
     if spec is None or not path.is_file():
@@ -73,10 +66,8 @@ def finished_result(path: Path, spec: Optional[RunSpec]) -> Optional[str]:
     saved = json.loads(path.read_text())
     if saved.get("status") != "ok":
         return None
-    if "run_key" in saved:
-        return "finished under the same run key" if saved["run_key"] == spec.key else None
-    return "finished before runs had keys, with the same method, data set, n and hparams" \
-        if _legacy_match(saved, spec) else None
+    # A result written before runs had keys is redone: it also lacks the generation-based scores.
+    return "finished under the same run key" if saved.get("run_key") == spec.key else None
 
 
 def changed_fields(path: Path, spec: RunSpec) -> list:
