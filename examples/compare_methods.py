@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks")]  # run from a checkout
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks"), str(REPO_ROOT / "examples")]  # run from a checkout
 
 from bench_data import DATA_FILES, build_requests, requests_from_records  # noqa: E402
 from bench_host import generate_full_length, import_host, metric_functions  # noqa: E402
@@ -23,6 +23,7 @@ from bench_scenarios import Host, Scenario, mean_scores, pre_edit_metrics, run_s
 from easyedit_baft.metrics import harmonic_mean  # noqa: E402
 from easyedit_baft.model_loading import resolve_model_path  # noqa: E402
 from easyedit_baft.records import default_data_dir, read_records  # noqa: E402
+from memit_stats import missing_statistics  # noqa: E402
 
 HPARAMS = {"BaFT": REPO_ROOT / "hparams" / "BaFT"}  # the host methods' files: examples/hparams/<METHOD>/
 
@@ -66,6 +67,11 @@ def main(argv=None) -> int:
         folder = HPARAMS.get(spec.hparams_key, REPO_ROOT / "examples" / "hparams" / spec.hparams_key)
         path = args.baft_hparams if args.baft_hparams and spec.hparams_key == "BaFT" else folder / f"{args.hparams_name}.yaml"
         hparams = load_hparams(spec, path, model, None, args.scenario.edits_per_call)
+        missing = missing_statistics(hparams, model)
+        if missing:  # the host would try to compute them from Wikipedia, online
+            table.append(f"| {name} | skipped: {missing[0]} is missing; run python examples/memit_stats.py |")
+            print(table[-1], flush=True)
+            continue
         editor = easyeditor.BaseEditor.from_hparams(hparams)
         if spec.adapter.scored_by_generation:
             generate_full_length(editor.model)  # the host generates len(target) tokens to score GRACE

@@ -61,6 +61,16 @@ def stats_file(stats_dir: Path, model_path: str, dataset: str, layer_name: str, 
     return Path(stats_dir) / model_dir / f"{dataset}_stats" / f"{layer_name}_{dtype}_mom2_{n_samples}.npz"
 
 
+def missing_statistics(hparams, model_path: str) -> List[str]:
+    """The statistics files an editor with mom2_adjustment will read and that do not exist."""
+    if not getattr(hparams, "mom2_adjustment", False):
+        return []
+    files = [stats_file(Path(hparams.stats_dir), model_path, hparams.mom2_dataset,
+                        hparams.rewrite_module_tmp.format(layer), hparams.mom2_dtype, hparams.mom2_n_samples)
+             for layer in hparams.layers]
+    return [str(f) for f in files if not f.is_file()]
+
+
 def corpus_texts(paths: Iterable[Path]) -> List[str]:
     """Running text from .txt files (a line each) and JSON lists (strings or records' text fields)."""
     texts = []
