@@ -18,6 +18,7 @@ from typing import Dict, List, Optional
 from tqdm.auto import tqdm
 
 from bench_checkpoint import SequenceCheckpoint, as_bookkeeping
+from bench_host import generate_full_length
 from bench_journal import Journal, ordered
 from bench_memory import current_rss_mb, lifetime_peak_mb
 from bench_methods import CostMeter
@@ -96,6 +97,14 @@ def evaluate(host: Host, editor, model, request: dict, pre: dict, fluency: bool)
     metric = {"pre": copy.deepcopy(pre), "post": post}
     host.finalize_locality_metrics(metric, request, editor.hparams, editor.model_name)
     return {**record_scores(metric["post"]), "em": em}
+
+
+def open_editor(host: Host, spec, hparams):
+    """The host's BaseEditor for one method, made ready to be scored."""
+    editor = host.BaseEditor(hparams)
+    if spec.adapter.scored_by_generation:
+        generate_full_length(editor.model)  # the host generates len(target) tokens to score
+    return editor
 
 
 def pre_edit_metrics(host: Host, editor, requests: List[dict]) -> List[dict]:

@@ -12,13 +12,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bench_data import build_requests, data_hash, training_loc_prompts
-from bench_host import generate_full_length, import_host, metric_functions
+from bench_host import import_host, metric_functions
 from bench_memory import PeakMemory
 from bench_methods import MethodSpec, load_hparams
 from bench_checkpoint import SequenceCheckpoint, checkpoint_dir, final_state_dir, restore_state
 from bench_journal import Journal, journal_path
 from bench_scenarios import (EM_LOCALITY, Host, Scenario, add_pre_continuations, checkpoint_steps, mean_scores,
-                             pre_edit_metrics, run_scenario)
+                             open_editor, pre_edit_metrics, run_scenario)
 from bench_spec import RunSpec, changed_fields, finished_result, model_fingerprint
 
 
@@ -118,9 +118,7 @@ def rescore_with_em(args, host, spec, hparams, run: RunSpec, requests, out: Path
     """A finished sequence's result with `em` added, scored on its kept final state (nothing edited again)."""
     saved = json.loads(out.read_text())
     state = final_state_dir(checkpoint_dir(out))
-    editor = host.BaseEditor(hparams)
-    if spec.adapter.scored_by_generation:
-        generate_full_length(editor.model)
+    editor = open_editor(host, spec, hparams)
     pres = pre_edit(args, host, editor, spec, run, requests)
     restore_state(spec, editor.model, state, hparams)
     model = spec.adapter.model_as_host_returns(editor)
@@ -167,9 +165,7 @@ def run_one(args, host, spec, hparams, hparams_file, data_set, scenario, request
     started = time.time()
     progress = open_progress(args, spec, data_set, scenario, hparams, out)
     with PeakMemory() as peak:
-        editor = host.BaseEditor(hparams)
-        if spec.adapter.scored_by_generation:  # the host generates len(target) tokens to score
-            generate_full_length(editor.model)
+        editor = open_editor(host, spec, hparams)
         pres = pre_edit(args, host, editor, spec, run, requests)
         result = run_scenario(host, editor, spec, scenario, requests, pres, args.fluency_n, args.checkpoints,
                               progress)

@@ -17,9 +17,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks"), str(REPO_ROOT / "examples")]  # run from a checkout
 
 from bench_data import DATA_FILES, build_requests, requests_from_records  # noqa: E402
-from bench_host import generate_full_length, import_host, metric_functions  # noqa: E402
+from bench_host import import_host, metric_functions  # noqa: E402
 from bench_methods import METHODS, load_hparams  # noqa: E402
-from bench_scenarios import Host, Scenario, mean_scores, pre_edit_metrics, run_scenario  # noqa: E402
+from bench_scenarios import Host, Scenario, mean_scores, open_editor, pre_edit_metrics, run_scenario  # noqa: E402
 from easyedit_baft.metrics import harmonic_mean  # noqa: E402
 from easyedit_baft.model_loading import resolve_model_path  # noqa: E402
 from easyedit_baft.records import default_data_dir, read_records  # noqa: E402
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    easyeditor = import_host()  # EASYEDIT_ROOT first on sys.path; BaFT registered
+    import_host()  # EASYEDIT_ROOT first on sys.path; BaFT registered
     host = Host(**metric_functions())
     model = resolve_model_path(args.model)
     requests = requests_from_records(host.prepare_requests, read_records(args.data, args.n)) if args.data else \
@@ -72,9 +72,7 @@ def main(argv=None) -> int:
             table.append(f"| {name} | skipped: {missing[0]} is missing; run python examples/memit_stats.py |")
             print(table[-1], flush=True)
             continue
-        editor = easyeditor.BaseEditor.from_hparams(hparams)
-        if spec.adapter.scored_by_generation:
-            generate_full_length(editor.model)  # the host generates len(target) tokens to score GRACE
+        editor = open_editor(host, spec, hparams)  # the host's BaseEditor(hparams)
         pres = pre_edit_metrics(host, editor, requests)
         result = run_scenario(host, editor, spec, args.scenario, requests, pres, 0, [])
         s = mean_scores(result.records)
