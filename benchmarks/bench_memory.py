@@ -6,9 +6,6 @@ import resource
 import sys
 from pathlib import Path
 
-STATUS = Path("/proc/self/status")
-CLEAR_REFS = Path("/proc/self/clear_refs")
-
 
 def lifetime_peak_mb() -> float:
     """ru_maxrss: the process's peak RSS so far (KiB on Linux, bytes on macOS)."""
@@ -17,43 +14,32 @@ def lifetime_peak_mb() -> float:
 
 
 def _status_mb(field: str):
+    """A /proc/self/status memory field in MB (Linux; None elsewhere)."""
     try:
-        for line in STATUS.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
+        lines = Path("/proc/self/status").read_text().splitlines()
     except OSError:
-        pass
-    return None
-
-
-def _high_water_mark_mb():
-    return _status_mb("VmHWM")
+        return None
+    return next((int(line.split()[1]) / 1024 for line in lines if line.startswith(field + ":")), None)
 
 
 def current_rss_mb():
-    """Resident memory now (Linux; None elsewhere): what a long run's flat memory is judged on."""
+    """Resident memory now: what a long run's flat memory is judged on."""
     return _status_mb("VmRSS")
 
 
 class PeakMemory:
-    """Peak RSS within a `with` block.
-
-    getrusage never resets, so after a first scenario it would report that scenario's peak for
-    every later one; Linux lets a process reset its own high-water mark (clear_refs = 5).
-    """
+    """Peak RSS within a `with` block: getrusage never resets, so after a first scenario it would report
+    that scenario's peak for every later one; Linux lets a process reset its high-water mark (clear_refs = 5)."""
 
     def __enter__(self):
         try:
-            CLEAR_REFS.write_text("5")
+            Path("/proc/self/clear_refs").write_text("5")
             self.block_peak_supported = True
         except OSError:
             self.block_peak_supported = False
         return self
 
     def __exit__(self, *exc):
-        self.block_peak = _high_water_mark_mb() if self.block_peak_supported else None
-        self.lifetime_peak = lifetime_peak_mb()
+        block_peak = _status_mb("VmHWM") if self.block_peak_supported else None
+        self.report = {"block_peak_mb": block_peak, "getrusage_peak_mb": lifetime_peak_mb()}
         return False
-
-    def report(self) -> dict:
-        return {"block_peak_mb": self.block_peak, "getrusage_peak_mb": self.lifetime_peak}

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from bench_checkpoint import checkpoint_dir, read_progress
 from bench_data import is_knowedit
-from bench_journal import journal_path, read_partial
 from bench_methods import METHODS
+from bench_progress import checkpoint_dir, journal_path, read_journal, read_progress
 from bench_scenarios import Scenario
 from easyedit_baft.metrics import harmonic_mean, knowedit_summary, mean
 
@@ -32,9 +31,10 @@ def _method_order(name: str) -> int:
 
 def partial_run(path: Path) -> Optional[dict]:
     """A single-edit run still under way (or cut off): its journal's records so far, marked partial."""
-    header, entries = read_partial(path)
-    if not entries:
+    lines = read_journal(path)
+    if len(lines) < 2:
         return None
+    header, entries = lines[0], lines[1:]
     scores = [e["scores"] for e in entries]
     means = {k: mean([s.get(k) for s in scores]) for k in ("rel", "gen", "loc", "port", "fluency")}
     costs = {k: mean([e["costs"].get(k) for e in entries]) for k in ("params_per_edit", "edit_bytes")}

@@ -13,15 +13,14 @@ import copy
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from tqdm.auto import tqdm
 
-from bench_checkpoint import SequenceCheckpoint, as_bookkeeping
 from bench_host import generate_full_length
-from bench_journal import Journal, ordered
 from bench_memory import current_rss_mb, lifetime_peak_mb
 from bench_methods import CostMeter
+from bench_progress import Journal, SequenceCheckpoint
 from easyedit_baft.metrics import exact_match, locality_continuations, mean, record_scores
 
 EM_LOCALITY = "em_locality"  # in a pre-edit output: the unedited model's greedy locality continuations
@@ -180,7 +179,7 @@ def run_single(host, editor, spec, requests, pres, fluency_n, journal: Optional[
         host.restore_after_edit(editor, edited_model, weights_copy)
         journal.record(i, {"prompt": request["prompt"], "scores": scores, "edit_seconds": seconds,
                            "costs": costs, "seconds": time.perf_counter() - started})
-    entries = ordered(journal.entries)
+    entries = [journal.entries[i] for i in sorted(journal.entries)]
     return ScenarioResult(records=[e["scores"] for e in entries], edit_seconds=[e["edit_seconds"] for e in entries],
                           n_edits=len(entries), costs=_merge_costs([e["costs"] for e in entries]),
                           resumed=len(resumed), resumed_seconds=sum(e["seconds"] for e in resumed))
@@ -239,7 +238,10 @@ def run_sequential(host, editor, spec, requests, pres, fluency_n, checkpoints,
 
     def save(model, new_state):
         result.seconds = result.resumed_seconds + time.perf_counter() - started
-        checkpoint.save(model, as_bookkeeping(result, meter), meter.changed_names, new_state)
+        bookkeeping = {"n_edits": result.n_edits, "edit_seconds": list(result.edit_seconds),
+                       "checkpoints": list(result.checkpoints), "per_edit_params": list(meter.per_edit_params),
+                       "changed_names": sorted(meter.changed_names), "seconds": result.seconds}
+        checkpoint.save(model, bookkeeping, meter.changed_names, new_state)
 
     steps = checkpoint_steps(len(requests), checkpoints, batch)
 

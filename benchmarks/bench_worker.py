@@ -15,8 +15,7 @@ from bench_data import build_requests, data_hash, training_loc_prompts
 from bench_host import import_host, metric_functions
 from bench_memory import PeakMemory
 from bench_methods import MethodSpec, load_hparams
-from bench_checkpoint import SequenceCheckpoint, checkpoint_dir, final_state_dir, restore_state
-from bench_journal import Journal, journal_path
+from bench_progress import Journal, SequenceCheckpoint, checkpoint_dir, final_state_dir, journal_path
 from bench_scenarios import (EM_LOCALITY, Host, Scenario, add_pre_continuations, checkpoint_steps, mean_scores,
                              open_editor, pre_edit_metrics, run_scenario)
 from bench_spec import RunSpec, changed_fields, finished_result, model_fingerprint
@@ -120,7 +119,7 @@ def rescore_with_em(args, host, spec, hparams, run: RunSpec, requests, out: Path
     state = final_state_dir(checkpoint_dir(out))
     editor = open_editor(host, spec, hparams)
     pres = pre_edit(args, host, editor, spec, run, requests)
-    restore_state(spec, editor.model, state, hparams)
+    spec.adapter.restore(editor.model, state, hparams)
     model = spec.adapter.model_as_host_returns(editor)
     records = saved["records"]
     for record, request, pre in zip(tqdm(records, desc=f"{spec.name} em"), requests, pres):
@@ -171,7 +170,7 @@ def run_one(args, host, spec, hparams, hparams_file, data_set, scenario, request
                               progress)
     result.requests = requests[: len(result.records)]
     del editor
-    summary = summarise(spec, scenario, data_set, args, result, peak.report(), hparams, hparams_file,
+    summary = summarise(spec, scenario, data_set, args, result, peak.report, hparams, hparams_file,
                         time.time() - started + result.resumed_seconds, run)
     return summary, progress
 

@@ -11,8 +11,8 @@ from host_testing import EXAMPLES, REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
-from bench_checkpoint import SequenceCheckpoint  # noqa: E402
 from bench_methods import METHODS  # noqa: E402
+from bench_progress import SequenceCheckpoint  # noqa: E402
 from bench_scenarios import apply_edit  # noqa: E402
 
 

@@ -1,0 +1,151 @@
+"""Saved progress of a run, so a run cut off part-way resumes where it stopped.
+
+Single edits are independent (each is undone before the next): their journal appends one JSON line
+per finished record, after a header line naming the method, data and hparams. A sequence cannot be
+journalled so, as edit k is made on the model the k-1 before it left: after every call its edited
+state (the method adapter's to say: BaFT's interventions, the weights an in-place editor changed,
+GRACE's codebook) is saved with the run's bookkeeping and ROME's and MEMIT's context templates,
+sampled once at their first edit. Methods whose adapter has no save keep state in host objects this
+does not reach: their sequences start over.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from bench_methods import MethodSpec
+
+# Progress of another configuration is discarded: it would mix two different runs into one score.
+OTHER_RUN = "its method, data or hparams differ from this run's"
+
+
+def journal_path(result_file: Path) -> Path:
+    return result_file.with_name(result_file.stem + ".partial.jsonl")
+
+
+def checkpoint_dir(result_file: Path) -> Path:
+    return result_file.with_name(result_file.stem + ".partial")
+
+
+def final_state_dir(checkpoint: Path) -> Path:
+    """Where a finished sequence's edited state stays (beside its result, not committed)."""
+    return checkpoint.with_suffix(".state")
+
+
+def read_journal(path: Path) -> List[dict]:
+    """The journal's lines, header first; a last line cut off mid-write (the record in flight) is dropped,
+    a bad line before it is no cut-off write and raises."""
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    parsed = []
+    for number, line in enumerate(lines):
+        try:
+            parsed.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines) - 1:
+                raise ValueError(f"{path}: line {number + 1} is not JSON; delete the journal to start over") from None
+    return parsed
+
+
+def read_progress(directory: Path) -> Optional[dict]:
+    """A checkpoint's progress.json (header, state, bookkeeping); None if there is none."""
+    path = directory / "progress.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class Journal:
+    """A single-edit run's finished records by index; with path None it is kept in memory only."""
+
+    def __init__(self, path: Optional[Path], header: dict):
+        self.path, self.header = path, header
+        self.entries: Dict[int, dict] = {}
+        self.discarded_reason = None
+        if path is None or not path.is_file():
+            return
+        lines = read_journal(path)
+        if not lines or lines[0] != header:
+            self.discarded_reason = OTHER_RUN
+            path.unlink()
+            return
+        self.entries = {entry["index"]: entry for entry in lines[1:]}
+        # Rewritten whole, so the next record does not follow a cut-off line.
+        path.write_text("".join(json.dumps(line, default=float) + "\n" for line in lines))
+
+    def record(self, index: int, entry: dict) -> None:
+        entry = {"index": index, **entry}
+        self.entries[index] = entry
+        if self.path is None:
+            return
+        if not self.path.is_file():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.header) + "\n")
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(entry, default=float) + "\n")
+
+    def done(self) -> None:
+        """The full result is written: the journal has served its purpose."""
+        if self.path is not None and self.path.is_file():
+            self.path.unlink()
+
+
+class SequenceCheckpoint:
+    """Progress of one sequential run in `directory`; with directory None nothing is saved.
+
+    progress.json names the state folder it goes with and is replaced only once that folder is
+    complete, so a run cut off while saving still finds the previous, whole checkpoint.
+    """
+
+    def __init__(self, directory: Optional[Path], header: dict, spec: MethodSpec):
+        self.directory, self.header, self.spec = directory, header, spec
+        self.discarded_reason = None
+        self.progress = read_progress(directory) if directory is not None else None
+        if self.progress is not None and self.progress.get("header") != header:
+            self.discarded_reason, self.progress = OTHER_RUN, None
+            shutil.rmtree(directory)
+
+    @property
+    def enabled(self) -> bool:
+        return self.directory is not None and self.spec.adapter.resumable
+
+    def restore(self, model, hparams) -> Optional[dict]:
+        """Put the saved edited state onto a fresh `model`; returns the saved bookkeeping (None: start afresh)."""
+        if self.progress is None or not self.enabled:
+            return None
+        self.spec.adapter.restore(model, self.directory / self.progress["state"], hparams)
+        self.spec.adapter.set_context_templates(self.progress.get("context_templates"))
+        return self.progress["bookkeeping"]
+
+    def save(self, model, bookkeeping: dict, changed_names, new_state: bool = True) -> None:
+        """Save after an edit (new_state) or after scoring (only the bookkeeping changed)."""
+        if not self.enabled:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        state = f"state-{bookkeeping['n_edits']}"
+        if new_state:
+            staging = self.directory / (state + ".tmp")
+            shutil.rmtree(staging, ignore_errors=True)
+            self.spec.adapter.save(model, staging, changed_names)
+            shutil.rmtree(self.directory / state, ignore_errors=True)
+            staging.rename(self.directory / state)
+        progress = {"header": self.header, "state": state, "bookkeeping": bookkeeping,
+                    "context_templates": self.spec.adapter.context_templates()}
+        staged = self.directory / "progress.tmp"
+        staged.write_text(json.dumps(progress, default=float))
+        staged.replace(self.directory / "progress.json")
+        self.progress = progress
+        for old in self.directory.glob("state-*"):
+            if old.name != state:
+                shutil.rmtree(old)
+
+    def done(self) -> None:
+        """The full result is written: the final edited state is kept beside it (final_state_dir), for
+        re-scoring without editing again; the rest of the checkpoint has served its purpose."""
+        if self.directory is None or not self.directory.is_dir():
+            return
+        if self.progress is not None and (self.directory / self.progress["state"]).is_dir():
+            final = final_state_dir(self.directory)
+            shutil.rmtree(final, ignore_errors=True)
+            (self.directory / self.progress["state"]).rename(final)
+        shutil.rmtree(self.directory)
