@@ -1,9 +1,8 @@
 """The compared methods: one adapter per host algorithm holds everything the runner knows of it.
 
-An Adapter says which hparams class the method reads, how its edited model is unwrapped and kept,
-what one edit trains and stores, and how its edited state is saved and restored between edits (so a
-cut-off sequence resumes and a finished one can be re-scored). The runner asks the adapter; nowhere
-else does it test a method's name.
+An Adapter says which hparams class the method reads, how its edited model is unwrapped, what one
+edit trains and stores, and how its edited state is saved and restored between edits (so a cut-off
+sequence resumes and a finished one can be re-scored); nowhere else does the runner test a method's name.
 """
 
 from __future__ import annotations
@@ -17,13 +16,16 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import torch
+from safetensors.torch import load_file, save_file
+
+from easyedit_baft.artifacts import load_edits, save_edits
+from easyedit_baft.hparams import BaFTHyperParams
+from easyedit_baft.layers import get_state
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---- what an edit trains and stores ----------------------------------------------------------
-
-
 def _modules_named(model, class_name: str) -> List[torch.nn.Module]:
     return [m for m in model.modules() if type(m).__name__ == class_name]
 
@@ -33,17 +35,12 @@ def _nbytes(tensors) -> int:
 
 
 def _baft_parameters(model, weights_copy) -> int:
-    from easyedit_baft.layers import get_state
-
     state = get_state(model)
     return sum(iv.num_parameters() for iv in state.interventions.values()) if state else 0
 
 
 def _baft_bytes(model, changed_names) -> int:
     """Bytes of the saved interventions (edits.safetensors): what a user ships."""
-    from easyedit_baft.artifacts import save_edits
-    from easyedit_baft.layers import get_state
-
     if get_state(model) is None:
         return 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -90,23 +87,7 @@ def _grace_codebook(model) -> List[torch.Tensor]:
 
 
 # ---- saved edited state ---------------------------------------------------------------------
-
-
-def _save_baft(model, directory: Path, changed_names) -> None:
-    from easyedit_baft.artifacts import save_edits
-
-    save_edits(model, directory)
-
-
-def _restore_baft(model, directory: Path, hparams) -> None:
-    from easyedit_baft.artifacts import load_edits
-
-    load_edits(model, directory)
-
-
 def _save_weights(model, directory: Path, changed_names) -> None:
-    from safetensors.torch import save_file
-
     params = dict(model.named_parameters())
     directory.mkdir(parents=True, exist_ok=True)
     save_file({name: params[name].detach().contiguous() for name in sorted(changed_names)},
@@ -114,13 +95,12 @@ def _save_weights(model, directory: Path, changed_names) -> None:
 
 
 def _restore_weights(model, directory: Path, hparams) -> None:
-    from safetensors.torch import load_file
-
     params = dict(model.named_parameters())
     saved = load_file(str(directory / "weights.safetensors"))
     missing = sorted(set(saved) - set(params))
     if missing:
-        raise ValueError(f"saved state {directory} holds weights the model lacks: {missing[:3]}; delete it to start over")
+        raise ValueError(f"saved state {directory} holds weights the model lacks: {missing[:3]}; "
+                         "delete it to start over")
     with torch.no_grad():
         for name, value in saved.items():
             params[name].copy_(value)
@@ -133,8 +113,8 @@ GRACE_CODEBOOK_FIELDS = ("keys", "values", "epsilons", "key_labels", "edit_ids",
 
 def _save_grace(model, directory: Path, changed_names) -> None:
     adapter = _grace_adapter(model)
-    codebook = {name: getattr(adapter, name) for name in GRACE_CODEBOOK_FIELDS if hasattr(adapter, name)}
-    codebook = {name: value.detach() if isinstance(value, torch.Tensor) else value for name, value in codebook.items()}
+    values = {name: getattr(adapter, name) for name in GRACE_CODEBOOK_FIELDS if hasattr(adapter, name)}
+    codebook = {name: v.detach() if isinstance(v, torch.Tensor) else v for name, v in values.items()}
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(codebook, directory / "codebook.pt")
 
@@ -160,8 +140,6 @@ def _grace_as_host_returns(editor):
 
 
 # ---- the adapters ---------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class Adapter:
     alg_name: str  # the host's ALG_DICT key
@@ -179,8 +157,6 @@ class Adapter:
 
     def hparams_type(self):
         if not self.hparams_class:
-            from easyedit_baft.hparams import BaFTHyperParams
-
             return BaFTHyperParams
         return getattr(importlib.import_module("easyeditor"), self.hparams_class)
 
@@ -206,15 +182,16 @@ class Adapter:
 
 _WEIGHTS = dict(trained=_changed_elements, stored=_changed_bytes, save=_save_weights, restore=_restore_weights)
 ADAPTERS: Dict[str, Adapter] = {a.alg_name: a for a in [
-    Adapter("BaFT", "", _baft_parameters, _baft_bytes, _save_baft, _restore_baft),
+    Adapter("BaFT", "", _baft_parameters, _baft_bytes, lambda model, directory, names: save_edits(model, directory),
+            lambda model, directory, hparams: load_edits(model, directory)),
     Adapter("ROME", "ROMEHyperParams", **_WEIGHTS, context_templates_module="easyeditor.models.rome.rome_main"),
     Adapter("MEMIT", "MEMITHyperParams", **_WEIGHTS, context_templates_module="easyeditor.models.memit.memit_main"),
     Adapter("FT", "FTHyperParams", **_WEIGHTS),
     # AlphaEdit keeps a projection cache in host objects this does not reach: its sequences start over.
     Adapter("AlphaEdit", "AlphaEditHyperParams", _changed_elements, _changed_bytes),
     Adapter("GRACE", "GraceHyperParams", None, lambda model, names: _nbytes(_grace_codebook(model)),
-            _save_grace, _restore_grace, wrapped=True, scored_by_generation=True, as_host_returns=_grace_as_host_returns,
-            grown=lambda model: sum(t.numel() for t in _grace_codebook(model))),
+            _save_grace, _restore_grace, wrapped=True, scored_by_generation=True,
+            as_host_returns=_grace_as_host_returns, grown=lambda model: sum(t.numel() for t in _grace_codebook(model))),
     # UltraEdit's lifelong normalisation statistics live in its executor: its sequences start over.
     Adapter("ULTRAEDIT", "UltraEditHyperParams", _changed_elements, _changed_bytes),
     Adapter("LoRA", "LoRAHyperParams", lambda model, copy: sum(p.numel() for p in _lora(model)),
@@ -228,8 +205,7 @@ ADAPTERS: Dict[str, Adapter] = {a.alg_name: a for a in [
 @dataclass(frozen=True)
 class MethodSpec:
     name: str  # as shown in the tables
-    alg_name: str  # its adapter (ADAPTERS)
-    hparams_key: str  # which hparams file it reads: 'BaFT' or a host method folder name
+    alg_name: str  # its adapter (ADAPTERS), and the folder of its hparams files
     baft_overrides: Dict[str, object] = field(default_factory=dict)  # BaFT ablations
     optional: bool = False  # run only when named in --methods
     batchable: bool = False  # the host's batch check admits it
@@ -240,33 +216,39 @@ class MethodSpec:
         return ADAPTERS[self.alg_name]
 
 
-METHODS: Dict[str, MethodSpec] = {
-    spec.name: spec
-    for spec in [
-        MethodSpec("BaFT", "BaFT", "BaFT", batchable=True),
-        # ReFT is BaFT with every basis always on: the paper's ablation.
-        MethodSpec("ReFT", "BaFT", "BaFT", {"gate": "ones"}, batchable=True),
-        MethodSpec("BaFT-noLB", "BaFT", "BaFT", {"lambda_lb": 0.0}, batchable=True),
-        MethodSpec("ROME", "ROME", "ROME"),
-        MethodSpec("MEMIT", "MEMIT", "MEMIT", batchable=True),
-        MethodSpec("GRACE", "GRACE", "GRACE"),
-        MethodSpec("FT-L", "FT", "FT", optional=True, batchable=True),
-        MethodSpec("LoRA", "LoRA", "LoRA", optional=True, batchable=True),
-        MethodSpec("WISE", "WISE", "WISE", optional=True, takes_loc_prompts=True),
-        MethodSpec("AlphaEdit", "AlphaEdit", "AlphaEdit", optional=True, batchable=True),
-        MethodSpec("ULTRAEDIT", "ULTRAEDIT", "ULTRAEDIT", optional=True, batchable=True),
-    ]
-}
+METHODS: Dict[str, MethodSpec] = {spec.name: spec for spec in [
+    MethodSpec("BaFT", "BaFT", batchable=True),
+    # ReFT is BaFT with every basis always on: the paper's ablation.
+    MethodSpec("ReFT", "BaFT", {"gate": "ones"}, batchable=True),
+    MethodSpec("BaFT-noLB", "BaFT", {"lambda_lb": 0.0}, batchable=True),
+    MethodSpec("ROME", "ROME"),
+    MethodSpec("MEMIT", "MEMIT", batchable=True),
+    MethodSpec("GRACE", "GRACE"),
+    MethodSpec("FT-L", "FT", optional=True, batchable=True),
+    MethodSpec("LoRA", "LoRA", optional=True, batchable=True),
+    MethodSpec("WISE", "WISE", optional=True, takes_loc_prompts=True),
+    MethodSpec("AlphaEdit", "AlphaEdit", optional=True, batchable=True),
+    MethodSpec("ULTRAEDIT", "ULTRAEDIT", optional=True, batchable=True),
+]}
 DEFAULT_METHODS = [name for name, spec in METHODS.items() if not spec.optional]
+
+
+def hparams_file(spec: MethodSpec, name: str, baft_hparams: Optional[Path] = None,
+                 hparams_dir: Path = REPO_ROOT / "examples" / "hparams") -> Path:
+    """The method's hparams file: BaFT's (hparams/BaFT/NAME.yaml unless given), the host methods'
+    HPARAMS_DIR/ALG/NAME.yaml or, for the optional ones not there, benchmarks/hparams/ALG/NAME.yaml."""
+    if spec.alg_name == "BaFT":
+        return Path(baft_hparams or REPO_ROOT / "hparams" / "BaFT" / f"{name}.yaml").resolve()
+    folders = (hparams_dir, REPO_ROOT / "benchmarks" / "hparams")
+    candidates = [folder / spec.alg_name / f"{name}.yaml" for folder in folders]
+    return next((path for path in candidates if path.is_file()), candidates[0]).resolve()
 
 
 def load_hparams(spec: MethodSpec, path: Path, model_dir: str, stats_dir: Optional[Path], batch_size: int = 1):
     """Read the method's hparams file and point it at the benchmark's model, CPU and stats."""
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{spec.name}: hparams file {path} does not exist; pass --hparams {spec.name}=PATH "
-            f"(or --baft-hparams / --hparams-dir)"
-        )
+        raise FileNotFoundError(f"{spec.name}: hparams file {path} does not exist; pass --hparams {spec.name}=PATH "
+                                "(or --baft-hparams / --hparams-dir)")
     hparams = spec.adapter.hparams_type().from_hparams(str(path))
     if spec.baft_overrides:
         hparams = dataclasses.replace(hparams, **spec.baft_overrides)  # re-validated by __post_init__

@@ -18,14 +18,12 @@ sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks"), str(REPO_ROOT / "
 
 from bench_data import DATA_FILES, build_requests, requests_from_records  # noqa: E402
 from bench_host import import_host, metric_functions  # noqa: E402
-from bench_methods import METHODS, load_hparams  # noqa: E402
+from bench_methods import METHODS, hparams_file, load_hparams  # noqa: E402
 from bench_scenarios import Host, Scenario, mean_scores, open_editor, pre_edit_metrics, run_scenario  # noqa: E402
 from easyedit_baft.metrics import harmonic_mean  # noqa: E402
 from easyedit_baft.model_loading import resolve_model_path  # noqa: E402
 from easyedit_baft.records import default_data_dir, read_records  # noqa: E402
 from memit_stats import missing_statistics  # noqa: E402
-
-HPARAMS = {"BaFT": REPO_ROOT / "hparams" / "BaFT"}  # the host methods' files: examples/hparams/<METHOD>/
 
 
 def parse_args(argv=None):
@@ -64,8 +62,7 @@ def main(argv=None) -> int:
     print("\n".join(table))
     for name in args.methods:
         spec = METHODS[name]
-        folder = HPARAMS.get(spec.hparams_key, REPO_ROOT / "examples" / "hparams" / spec.hparams_key)
-        path = args.baft_hparams if args.baft_hparams and spec.hparams_key == "BaFT" else folder / f"{args.hparams_name}.yaml"
+        path = hparams_file(spec, args.hparams_name, args.baft_hparams)
         hparams = load_hparams(spec, path, model, None, args.scenario.edits_per_call)
         missing = missing_statistics(hparams, model)
         if missing:  # the host would try to compute them from Wikipedia, online
