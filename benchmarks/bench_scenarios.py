@@ -1,10 +1,10 @@
 """Editing scenarios (single, batch, sequential) driven through the host's own editor and metrics.
 
-Edits go through the host's `BaseEditor.apply_algo` with the same arguments its `edit` passes,
-and every score comes from the host's `compute_edit_quality` + `finalize_locality_metrics`.
-The host's sequential mode scores each edit right after it is made; here a sequence of T edits
-is scored on all T at the end (and at a few checkpoints on the way), which is what continual
-editing asks: do the earlier edits still hold once later ones are in.
+Edits go through the host's `BaseEditor.apply_algo` with the arguments its `edit` passes, and every
+score comes from the host's `compute_edit_quality` + `finalize_locality_metrics`. The host's
+sequential mode scores each edit right after it is made; here a sequence is scored on all its edits
+so far at a few checkpoints and at the end, which is what continual editing asks: do the earlier
+edits still hold once later ones are in.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from bench_progress import Journal, SequenceCheckpoint
 from easyedit_baft.metrics import exact_match, locality_continuations, mean, record_scores
 
 EM_LOCALITY = "em_locality"  # in a pre-edit output: the unedited model's greedy locality continuations
-
+SCORES = ("rel", "gen", "loc", "port")
 SCENARIO_PATTERN = re.compile(r"^(single|batch(\d+)|seq(\d+)|seqbatch(\d+)x(\d+))$")
 
 
@@ -45,14 +45,12 @@ class Scenario:
         if not match or 0 in [int(g) for g in match.groups()[1:] if g is not None]:
             raise ValueError(f"scenario {name!r} is unknown; use single, batchK, seqT or seqbatchBxM "
                              f"(e.g. batch10, seq1000, seqbatch100x10), with K, T, B, M >= 1")
-        if name == "single":
-            return Scenario(name, "single", 1)
-        if match.group(2):
-            return Scenario(name, "batch", int(match.group(2)))
-        if match.group(3):
-            return Scenario(name, "seq", int(match.group(3)))
-        batch, calls = int(match.group(4)), int(match.group(5))
-        return Scenario(name, "seq", batch * calls, batch)
+        _, batch, seq, seq_batch, calls = match.groups()
+        if batch or name == "single":
+            return Scenario(name, "batch" if batch else "single", int(batch or 1))
+        if seq:
+            return Scenario(name, "seq", int(seq))
+        return Scenario(name, "seq", int(seq_batch) * int(calls), int(seq_batch))
 
 
 @dataclass
@@ -72,27 +70,21 @@ class Host:
 @dataclass
 class ScenarioResult:
     records: List[dict] = field(default_factory=list)  # per evaluated request: its scores (record_scores)
-    edit_seconds: List[float] = field(default_factory=list)  # wall time of each apply_algo call
+    edit_seconds: List[float] = field(default_factory=list)  # wall time of each apply_algo call, per edit
     n_edits: int = 0
     costs: dict = field(default_factory=dict)
     checkpoints: List[dict] = field(default_factory=list)  # sequential: scores after k edits
-    requests: List[dict] = field(default_factory=list)  # the requests behind `records`, in order
     resumed: int = 0  # edits (sequential) or records (single) taken from a cut-off run's progress
     resumed_seconds: float = 0.0  # the wall time that cut-off run spent on them
-    seconds: float = 0.0  # sequential: wall time of the sequence so far, resumed part included
 
 
 # ---- evaluation ----------------------------------------------------------------------------
-
-
 def evaluate(host: Host, editor, model, request: dict, pre: dict, fluency: bool) -> dict:
     """Scores of one request on `model`, two ways: the host's teacher-forced metrics (locality against
     `pre`), and generation-based exact match as `em` (locality against pre's greedy continuations)."""
     em = host.exact_match(model, editor.tok, request, pre.get(EM_LOCALITY))
-    post = host.compute_edit_quality(
-        model, editor.model_name, editor.hparams, editor.tok, request, editor.hparams.device,
-        test_generation=fluency,
-    )
+    post = host.compute_edit_quality(model, editor.model_name, editor.hparams, editor.tok, request,
+                                     editor.hparams.device, test_generation=fluency)
     metric = {"pre": copy.deepcopy(pre), "post": post}
     host.finalize_locality_metrics(metric, request, editor.hparams, editor.model_name)
     return {**record_scores(metric["post"]), "em": em}
@@ -125,9 +117,6 @@ def add_pre_continuations(host: Host, editor, requests: List[dict], pres: List[d
     return bool(missing)
 
 
-SCORES = ("rel", "gen", "loc", "port")
-
-
 def mean_scores(scores: List[dict]) -> dict:
     """Means over records: the host's scores, fluency, and the generation-based `em` ones."""
     means = {key: mean([s[key] for s in scores]) for key in (*SCORES, "fluency")}
@@ -135,16 +124,7 @@ def mean_scores(scores: List[dict]) -> dict:
     return means
 
 
-def _evaluate_all(host, editor, model, requests, pres, fluency_n, desc) -> List[dict]:
-    return [
-        evaluate(host, editor, model, r, p, fluency=i < fluency_n)
-        for i, (r, p) in enumerate(tqdm(list(zip(requests, pres)), desc=desc, leave=False))
-    ]
-
-
 # ---- editing -------------------------------------------------------------------------------
-
-
 def apply_edit(editor, requests: List[dict]):
     """One call of the method, exactly as the host's BaseEditor.edit makes it; returns (model, copy, seconds)."""
     start = time.perf_counter()
@@ -155,73 +135,39 @@ def apply_edit(editor, requests: List[dict]):
     return edited_model, weights_copy, time.perf_counter() - start
 
 
-def _merge_costs(costs: List[dict]) -> dict:
-    keys = {k for c in costs for k in c}
-    return {k: mean([c.get(k) for c in costs]) for k in keys}
-
-
-def run_single(host, editor, spec, requests, pres, fluency_n, journal: Optional[Journal] = None) -> ScenarioResult:
-    """Each request edited alone on the unedited model, scored, then undone (the host's restore).
+def run_undone(host, editor, spec, requests, pres, fluency_n, batch_size: int = 1,
+               journal: Optional[Journal] = None) -> ScenarioResult:
+    """Requests edited batch_size at a time on the unedited model, scored, then undone (the host's restore).
 
     With a journal, records it already holds are taken from it and each new one is added to it.
     """
     journal = journal or Journal(None, {})
     resumed = list(journal.entries.values())
-    for i, (request, pre) in enumerate(tqdm(list(zip(requests, pres)), desc=f"{spec.name} single")):
-        if i in journal.entries:
-            continue
+    starts = [i for i in range(0, len(requests), batch_size) if i not in journal.entries]
+    for start in tqdm(starts, desc=f"{spec.name} " + ("single" if batch_size == 1 else f"batch{batch_size}")):
         started = time.perf_counter()
-        edited_model, weights_copy, seconds = apply_edit(editor, [request])
+        call = range(start, min(start + batch_size, len(requests)))
+        edited_model, weights_copy, seconds = apply_edit(editor, [requests[i] for i in call])
         meter = CostMeter(spec)
-        meter.after_edit(spec.adapter.unwrap(edited_model), weights_copy, 1)
-        costs = meter.summary(spec.adapter.unwrap(edited_model), 1)
-        scores = evaluate(host, editor, edited_model, request, pre, fluency=i < fluency_n)
+        meter.after_edit(spec.adapter.unwrap(edited_model), weights_copy, len(call))
+        costs = meter.summary(spec.adapter.unwrap(edited_model), len(call))
+        scores = [evaluate(host, editor, edited_model, requests[i], pres[i], fluency=i < fluency_n) for i in call]
         host.restore_after_edit(editor, edited_model, weights_copy)
-        journal.record(i, {"prompt": request["prompt"], "scores": scores, "edit_seconds": seconds,
-                           "costs": costs, "seconds": time.perf_counter() - started})
+        for i, score in zip(call, scores):
+            journal.record(i, {"prompt": requests[i]["prompt"], "scores": score, "edit_seconds": seconds / len(call),
+                               "costs": costs, "seconds": (time.perf_counter() - started) / len(call)})
     entries = [journal.entries[i] for i in sorted(journal.entries)]
+    cost_keys = {key for entry in entries for key in entry["costs"]}
+    costs = {key: mean([entry["costs"].get(key) for entry in entries]) for key in cost_keys}
     return ScenarioResult(records=[e["scores"] for e in entries], edit_seconds=[e["edit_seconds"] for e in entries],
-                          n_edits=len(entries), costs=_merge_costs([e["costs"] for e in entries]),
+                          n_edits=len(entries), costs=costs,
                           resumed=len(resumed), resumed_seconds=sum(e["seconds"] for e in resumed))
 
 
-def run_batch(host, editor, spec, requests, pres, fluency_n, batch_size) -> ScenarioResult:
-    """Requests edited batch_size at a time in one call, scored, then undone."""
-    result = ScenarioResult()
-    costs = []
-    chunks = [list(range(i, min(i + batch_size, len(requests)))) for i in range(0, len(requests), batch_size)]
-    for chunk in tqdm(chunks, desc=f"{spec.name} batch{batch_size}"):
-        batch = [requests[i] for i in chunk]
-        edited_model, weights_copy, seconds = apply_edit(editor, batch)
-        result.edit_seconds.extend([seconds / len(batch)] * len(batch))
-        meter = CostMeter(spec)
-        meter.after_edit(spec.adapter.unwrap(edited_model), weights_copy, len(batch))
-        costs.append(meter.summary(spec.adapter.unwrap(edited_model), len(batch)))
-        for i in chunk:
-            result.records.append(evaluate(host, editor, edited_model, requests[i], pres[i],
-                                           fluency=i < fluency_n))
-        host.restore_after_edit(editor, edited_model, weights_copy)
-        result.n_edits += len(batch)
-    result.costs = _merge_costs(costs)
-    return result
-
-
 def checkpoint_steps(total: int, requested: List[int], batch: int = 1) -> List[int]:
-    """Sequence lengths at which all edits so far are scored (the last one always included).
-
-    In a batched sequence a checkpoint falls after the call that reaches it."""
+    """Sequence lengths at which all edits so far are scored (the last one always included);
+    in a batched sequence a checkpoint falls after the call that reaches it."""
     return sorted({min(total, -(-k // batch) * batch) for k in requested if 0 < k < total} | {total})
-
-
-def _restore_progress(checkpoint: SequenceCheckpoint, editor, result: ScenarioResult, meter: CostMeter):
-    """Continue a cut-off sequence: its edited state onto the fresh model, its bookkeeping into result/meter."""
-    saved = checkpoint.restore(editor.model, editor.hparams)
-    if saved is None:
-        return
-    result.n_edits, result.edit_seconds = saved["n_edits"], list(saved["edit_seconds"])
-    result.checkpoints = list(saved["checkpoints"])
-    result.resumed, result.resumed_seconds = saved["n_edits"], saved["seconds"]
-    meter.per_edit_params, meter.changed_names = list(saved["per_edit_params"]), set(saved["changed_names"])
 
 
 def run_sequential(host, editor, spec, requests, pres, fluency_n, checkpoints,
@@ -233,17 +179,21 @@ def run_sequential(host, editor, spec, requests, pres, fluency_n, checkpoints,
     """
     checkpoint = checkpoint or SequenceCheckpoint(None, {}, spec)
     result, meter = ScenarioResult(), CostMeter(spec)
-    _restore_progress(checkpoint, editor, result, meter)
+    saved = checkpoint.restore(editor.model, editor.hparams)  # a cut-off run's edited state, onto the fresh model
+    if saved is not None:
+        result.n_edits, result.edit_seconds = saved["n_edits"], list(saved["edit_seconds"])
+        result.checkpoints = list(saved["checkpoints"])
+        result.resumed, result.resumed_seconds = saved["n_edits"], saved["seconds"]
+        meter.per_edit_params, meter.changed_names = list(saved["per_edit_params"]), set(saved["changed_names"])
     started = time.perf_counter()
+    steps = checkpoint_steps(len(requests), checkpoints, batch)
 
     def save(model, new_state):
-        result.seconds = result.resumed_seconds + time.perf_counter() - started
         bookkeeping = {"n_edits": result.n_edits, "edit_seconds": list(result.edit_seconds),
                        "checkpoints": list(result.checkpoints), "per_edit_params": list(meter.per_edit_params),
-                       "changed_names": sorted(meter.changed_names), "seconds": result.seconds}
+                       "changed_names": sorted(meter.changed_names),
+                       "seconds": result.resumed_seconds + time.perf_counter() - started}
         checkpoint.save(model, bookkeeping, meter.changed_names, new_state)
-
-    steps = checkpoint_steps(len(requests), checkpoints, batch)
 
     def score_if_due(model, k):
         if k not in steps or any(c["edits"] == k for c in result.checkpoints):
@@ -253,8 +203,9 @@ def run_sequential(host, editor, spec, requests, pres, fluency_n, checkpoints,
         cost = {"seconds_per_edit": mean(result.edit_seconds[:k]),
                 "seconds_per_edit_since_last": mean(result.edit_seconds[since:k]),
                 "peak_rss_mb": lifetime_peak_mb(), "rss_mb": current_rss_mb()}
-        metrics = _evaluate_all(host, editor, model, requests[:k], pres[:k], fluency_n if final else 0,
-                                desc=f"score {k} edits")
+        pairs = tqdm(list(zip(requests[:k], pres[:k])), desc=f"score {k} edits", leave=False)
+        metrics = [evaluate(host, editor, model, r, p, fluency=final and i < fluency_n)
+                   for i, (r, p) in enumerate(pairs)]
         result.checkpoints.append({"edits": k, **mean_scores(metrics), **cost})
         if final:
             result.records = metrics
@@ -283,9 +234,7 @@ def run_sequential(host, editor, spec, requests, pres, fluency_n, checkpoints,
 def run_scenario(host, editor, spec, scenario: Scenario, requests, pres, fluency_n, checkpoints,
                  progress=None) -> ScenarioResult:
     """progress: the single-edit Journal or the SequenceCheckpoint that lets a cut-off run resume."""
-    if scenario.kind == "single":
-        return run_single(host, editor, spec, requests, pres, fluency_n, progress)
-    if scenario.kind == "batch":
-        return run_batch(host, editor, spec, requests, pres, fluency_n, scenario.size)
+    if scenario.kind != "seq":
+        return run_undone(host, editor, spec, requests, pres, fluency_n, scenario.size, progress)
     return run_sequential(host, editor, spec, requests[: scenario.size], pres[: scenario.size],
                           fluency_n, checkpoints, progress, scenario.batch)

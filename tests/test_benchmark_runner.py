@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from bench_methods import METHODS, load_hparams  # noqa: E402
 from bench_progress import Journal, SequenceCheckpoint, checkpoint_dir, final_state_dir, journal_path  # noqa: E402
 from bench_report import curve_points, load_runs, table_row  # noqa: E402
-from bench_scenarios import Host, Scenario, run_sequential, run_single  # noqa: E402
+from bench_scenarios import Host, Scenario, run_sequential, run_undone  # noqa: E402
 from bench_worker import REPO_ROOT, portable_path  # noqa: E402
 
 
@@ -58,7 +58,7 @@ HEADER = {"method": "ROME", "set": "zsre", "scenario": "single", "n": 6}
 
 def run(path, editor, header=HEADER):
     journal = Journal(path, header)
-    return journal, run_single(fake_host(), editor, METHODS["ROME"], REQUESTS, [{}] * 6, 0, journal)
+    return journal, run_undone(fake_host(), editor, METHODS["ROME"], REQUESTS, [{}] * 6, 0, 1, journal)
 
 
 def test_cut_off_run_resumes_after_the_journalled_records(tmp_path):
@@ -98,6 +98,14 @@ def test_a_bad_journal_line_before_the_last_is_refused(tmp_path):
     path.write_text("\n".join([lines[0], "{not json", *lines[2:]]) + "\n")
     with pytest.raises(ValueError, match="line 2 is not JSON"):
         run(path, FakeEditor())
+
+
+def test_a_batch_scenario_edits_k_requests_a_call_and_scores_each():
+    editor = FakeEditor()
+    result = run_undone(fake_host(), editor, METHODS["ROME"], REQUESTS[:5], [{}] * 5, 0, 2)
+    assert editor.edited == ["p0", "p2", "p4"]  # a call's first prompt: calls of 2, 2 and 1
+    assert [r["rel"] for r in result.records] == [i / 10 for i in range(5)]
+    assert result.n_edits == len(result.edit_seconds) == 5 and result.resumed == 0
 
 
 def test_report_shows_an_unfinished_run_as_partial(tmp_path):
