@@ -61,13 +61,10 @@ def model_fingerprint(model_dir) -> str:
 
 def finished_result(path: Path, spec: Optional[RunSpec]) -> Optional[str]:
     """Why the result at `path` is this spec's finished result, or None when the run must be (re)done."""
-    if spec is None or not path.is_file():
-        return None
-    saved = json.loads(path.read_text())
-    if saved.get("status") != "ok":
-        return None
+    saved = json.loads(path.read_text()) if spec is not None and path.is_file() else {}
     # A result written before runs had keys is redone: it also lacks the generation-based scores.
-    return "finished under the same run key" if saved.get("run_key") == spec.key else None
+    finished = saved.get("status") == "ok" and saved.get("run_key") == spec.key
+    return "finished under the same run key" if finished else None
 
 
 def changed_fields(path: Path, spec: RunSpec) -> list:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import os
 import time
@@ -9,24 +11,31 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
+import easyedit_baft.model_loading as model_loading
 from bench_data import build_requests, data_hash, training_loc_prompts
 from bench_host import import_host, metric_functions
 from bench_memory import PeakMemory
-from bench_methods import MethodSpec, load_hparams
+from bench_methods import REPO_ROOT, MethodSpec, load_hparams
 from bench_progress import Journal, SequenceCheckpoint, checkpoint_dir, final_state_dir, journal_path
 from bench_scenarios import (EM_LOCALITY, Host, Scenario, add_pre_continuations, checkpoint_steps, mean_scores,
                              open_editor, pre_edit_metrics, run_scenario)
 from bench_spec import RunSpec, changed_fields, finished_result, model_fingerprint
 
+PATH_FIELDS = ("model_name", "stats_dir", "locality_source", "P_loc")
+
 
 def _json_default(value):
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+    return value.tolist() if isinstance(value, np.ndarray) else str(value)
+
+
+def _plain(data):
+    """As it reads back from JSON (numpy numbers as numbers, anything else unknown as its text)."""
+    return json.loads(json.dumps(data, default=_json_default))
 
 
 def write_json(path: Path, data) -> None:
@@ -37,33 +46,19 @@ def write_json(path: Path, data) -> None:
     staging.replace(path)
 
 
-def _pre_cache_path(args, spec: MethodSpec, run: RunSpec) -> Path:
-    # Pre-edit outputs depend on the model, the records and, for a method scored by generation, the scoring.
-    mode = "generate" if spec.adapter.scored_by_generation else "teacher"
-    name = f"{run.model_fingerprint}__{run.data_sha256}__n{run.n}__{mode}.json"
-    return args.results_dir / "pre_cache" / name
-
-
 def pre_edit(args, host: Host, editor, spec: MethodSpec, run: RunSpec, requests):
     """Pre-edit metrics, shared between methods through a cache file keyed by model, data and n."""
-    path = _pre_cache_path(args, spec, run)
+    # They also depend on the scoring: a method scored by generation has its own.
+    mode = "generate" if spec.adapter.scored_by_generation else "teacher"
+    path = args.results_dir / "pre_cache" / f"{run.model_fingerprint}__{run.data_sha256}__n{run.n}__{mode}.json"
     if path.is_file():
         pres = json.loads(path.read_text())
         if add_pre_continuations(host, editor, requests, pres):
             write_json(path, pres)
         return pres
-    pres = json.loads(json.dumps(pre_edit_metrics(host, editor, requests), default=_json_default))
+    pres = _plain(pre_edit_metrics(host, editor, requests))
     write_json(path, pres)
     return pres
-
-
-def _slim_record(scores: dict, request: dict) -> dict:
-    """What is kept per request: its text and its scores (the host's full metric dicts are large)."""
-    return {"prompt": request["prompt"], "target_new": request["target_new"], **scores}
-
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-PATH_FIELDS = ("model_name", "stats_dir", "locality_source", "P_loc")
 
 
 def portable_path(value) -> str:
@@ -73,14 +68,11 @@ def portable_path(value) -> str:
         return str(value)
     # As written and with links resolved: ../shared may itself be a link to elsewhere.
     forms = {Path(os.path.abspath(path)), path.resolve()}
-    for root, shown in ((REPO_ROOT, None), (REPO_ROOT.parent, ".."), (Path.home(), "~")):
-        if root == Path(root.anchor):
-            continue  # everything is under '/': that says nothing
-        for form in forms:
-            for base in {Path(os.path.abspath(root)), root.resolve()}:
-                if form.is_relative_to(base):
-                    relative = form.relative_to(base)
-                    return str(relative) if shown is None else str(Path(shown) / relative)
+    for root, shown in ((REPO_ROOT, ""), (REPO_ROOT.parent, ".."), (Path.home(), "~")):
+        bases = {Path(os.path.abspath(root)), root.resolve()} - {Path(root.anchor)}  # under '/' says nothing
+        for form, base in itertools.product(forms, bases):
+            if form.is_relative_to(base):
+                return str(Path(shown) / form.relative_to(base))
     return str(value)
 
 
@@ -90,36 +82,35 @@ def hparams_record(hparams) -> dict:
     for name in PATH_FIELDS:
         if isinstance(fields.get(name), (str, Path)):
             fields[name] = portable_path(fields[name])
-    return json.loads(json.dumps(fields, default=_json_default))
+    return _plain(fields)
 
 
-def summarise(spec, scenario, data_set, args, result, peak, hparams, hparams_file, seconds, run: RunSpec) -> dict:
-    scores = mean_scores(result.records)
+def summarise(spec, scenario, data_set, args, result, peak, hparams, hparams_file, seconds, run, requests) -> dict:
     edit_seconds = result.edit_seconds
     return {
         "status": "ok", **run.record(), "method": spec.name, "alg_name": spec.alg_name, "set": data_set,
         "scenario": scenario.name, "n": args.n, "n_edits": result.n_edits,
-        "n_scored": len(result.records), **scores,
+        "n_scored": len(result.records), **mean_scores(result.records),
         "seconds_per_edit": float(np.mean(edit_seconds)) if edit_seconds else None,
         "edit_seconds_total": float(np.sum(edit_seconds)), "wall_seconds": seconds,
         **result.costs,
         "peak_mb": peak.get("block_peak_mb") or peak.get("getrusage_peak_mb"), "memory": peak,
-        "checkpoints": result.checkpoints, "hparams_file": portable_path(hparams_file), "hparams": hparams_record(hparams),
-        "fluency_n": min(args.fluency_n, len(result.records)),
+        "checkpoints": result.checkpoints, "hparams_file": portable_path(hparams_file),
+        "hparams": hparams_record(hparams), "fluency_n": min(args.fluency_n, len(result.records)),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         # Records or edits taken from an earlier, cut-off run: wall_seconds includes theirs, peak memory not.
         "resumed_records": result.resumed,
-        "records": [_slim_record(m, r) for m, r in zip(result.records, result.requests)],
+        # Per request its text and its scores (the host's full metric dicts are large).
+        "records": [{"prompt": r["prompt"], "target_new": r["target_new"], **scores}
+                    for scores, r in zip(result.records, requests)],
     }
 
 
-def rescore_with_em(args, host, spec, hparams, run: RunSpec, requests, out: Path) -> dict:
+def rescore_with_em(args, host, spec, hparams, run: RunSpec, requests, out: Path, saved: dict) -> dict:
     """A finished sequence's result with `em` added, scored on its kept final state (nothing edited again)."""
-    saved = json.loads(out.read_text())
-    state = final_state_dir(checkpoint_dir(out))
     editor = open_editor(host, spec, hparams)
     pres = pre_edit(args, host, editor, spec, run, requests)
-    spec.adapter.restore(editor.model, state, hparams)
+    spec.adapter.restore(editor.model, final_state_dir(checkpoint_dir(out)), hparams)
     model = spec.adapter.model_as_host_returns(editor)
     records = saved["records"]
     for record, request, pre in zip(tqdm(records, desc=f"{spec.name} em"), requests, pres):
@@ -127,9 +118,7 @@ def rescore_with_em(args, host, spec, hparams, run: RunSpec, requests, out: Path
             raise ValueError(f"{out}: record {record['prompt']!r} is not request {request['prompt']!r}; "
                              f"delete the result to run it again")
         record["em"] = host.exact_match(model, editor.tok, request, pre.get(EM_LOCALITY))
-    saved["em"] = mean_scores(records)["em"]
-    saved["em_rescored"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    return saved
+    return {**saved, "em": mean_scores(records)["em"], "em_rescored": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def open_progress(args, spec, data_set, scenario, hparams, out: Path):
@@ -140,14 +129,13 @@ def open_progress(args, spec, data_set, scenario, hparams, out: Path):
               "data_dir": portable_path(args.data_dir.resolve()), "fluency_n": args.fluency_n,
               "hparams": hparams_record(hparams)}
     if scenario.kind == "seq":
-        header["checkpoints"] = list(args.checkpoints)
-    header = json.loads(json.dumps(header, default=_json_default))
+        header["checkpoints"] = args.checkpoints
     where = f"[{spec.name}] {data_set} {scenario.name}"
     if scenario.kind == "single":
-        progress = Journal(journal_path(out), header)
+        progress = Journal(journal_path(out), _plain(header))
         done = len(progress.entries)
     else:
-        progress = SequenceCheckpoint(checkpoint_dir(out), header, spec)
+        progress = SequenceCheckpoint(checkpoint_dir(out), _plain(header), spec)
         done = progress.progress["bookkeeping"]["n_edits"] if progress.progress else 0
         if not progress.enabled:
             print(f"{where}: {spec.alg_name}'s edited state is not saved between edits; a cut-off run starts over",
@@ -168,10 +156,9 @@ def run_one(args, host, spec, hparams, hparams_file, data_set, scenario, request
         pres = pre_edit(args, host, editor, spec, run, requests)
         result = run_scenario(host, editor, spec, scenario, requests, pres, args.fluency_n, args.checkpoints,
                               progress)
-    result.requests = requests[: len(result.records)]
     del editor
     summary = summarise(spec, scenario, data_set, args, result, peak.report, hparams, hparams_file,
-                        time.time() - started + result.resumed_seconds, run)
+                        time.time() - started + result.resumed_seconds, run, requests)
     return summary, progress
 
 
@@ -202,21 +189,16 @@ def _record_failure(out: Path, spec: MethodSpec, data_set: str, scenario: str, n
 
 
 def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
-    from easyedit_baft.model_loading import resolve_model_path
-
-    import torch
-
     torch.set_num_threads(args.threads)
     import_host()
     host = Host(**metric_functions())
-    args.model_dir = resolve_model_path(args.model)
+    args.model_dir = model_loading.resolve_model_path(args.model)
     model_fp = model_fingerprint(args.model_dir)
+    prepare = host.prepare_requests
+    if spec.takes_loc_prompts:  # WISE trains on unrelated prompts, from the train split
+        prepare = functools.partial(prepare, loc_prompts=training_loc_prompts(args.data_dir, args.n))
     failed = 0
     for data_set in args.sets:
-        loc_prompts = training_loc_prompts(args.data_dir, args.n) if spec.takes_loc_prompts else None
-        prepare = host.prepare_requests
-        if loc_prompts:
-            prepare = lambda *a, **k: host.prepare_requests(*a, loc_prompts=loc_prompts, **k)  # noqa: E731
         requests = build_requests(prepare, args.data_dir, data_set, args.n)
         data_sha = data_hash(args.data_dir, data_set)
         for name in args.scenarios:
@@ -229,18 +211,18 @@ def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
             except Exception as err:
                 failed += _record_failure(out, spec, data_set, name, args.n, err)
                 continue
+            saved = json.loads(out.read_text()) if out.is_file() else {}
             done = None if args.force else finished_result(out, run)
-            if done and "em" not in json.loads(out.read_text()):
-                if final_state_dir(checkpoint_dir(out)).is_dir():
-                    print(f"{where}: {done}; adding generation-based scores from its kept state", flush=True)
-                    write_json(out, rescore_with_em(args, host, spec, hparams, run, requests, out))
-                    continue
-                print(f"{where}: redone, it was scored before generation-based scoring", flush=True)
-                done = None
-            if done:
+            if done and "em" not in saved and final_state_dir(checkpoint_dir(out)).is_dir():
+                print(f"{where}: {done}; adding generation-based scores from its kept state", flush=True)
+                write_json(out, rescore_with_em(args, host, spec, hparams, run, requests, out, saved))
+                continue
+            if done and "em" in saved:
                 print(f"{where}: skipped, {done} (--force redoes it)", flush=True)
                 continue
-            if out.is_file() and json.loads(out.read_text()).get("status") == "ok":
+            if done:
+                print(f"{where}: redone, it was scored before generation-based scoring", flush=True)
+            elif saved.get("status") == "ok":
                 print(f"{where}: redone, its result is of another run ({'; '.join(changed_fields(out, run))})",
                       flush=True)
             reason = _skip_reason(args, spec, scenario, args.n)
