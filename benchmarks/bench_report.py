@@ -9,7 +9,7 @@ from typing import Dict, List, Optional
 from bench_data import is_knowedit
 from bench_methods import METHODS
 from bench_progress import checkpoint_dir, journal_path, read_journal, read_progress
-from bench_scenarios import Scenario
+from bench_scenarios import SCORES, Scenario
 from easyedit_baft.metrics import harmonic_mean, knowedit_summary, mean
 
 TABLE_COLUMNS = ["method", "rel", "gen", "loc", "port", "HM(rel,gen,loc)", "em rel", "em gen", "em loc", "em port",
@@ -18,6 +18,7 @@ PLOTTED_SCORES = [("rel", "reliability (rewrite_acc)"), ("gen", "generalization 
                   ("loc", "locality")]
 PARAMS_SHARE_OF_ROME = 0.01
 METHOD_ORDER = list(METHODS)
+RUN_FIELDS = ("method", "set", "scenario", "n")  # what names a run, in a result and in a progress header
 
 
 def _scenario_order(name: str) -> tuple:
@@ -29,78 +30,68 @@ def _method_order(name: str) -> int:
     return METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER)
 
 
-def partial_run(path: Path) -> Optional[dict]:
-    """A single-edit run still under way (or cut off): its journal's records so far, marked partial."""
-    lines = read_journal(path)
-    if len(lines) < 2:
-        return None
-    header, entries = lines[0], lines[1:]
-    scores = [e["scores"] for e in entries]
-    means = {k: mean([s.get(k) for s in scores]) for k in ("rel", "gen", "loc", "port", "fluency")}
-    costs = {k: mean([e["costs"].get(k) for e in entries]) for k in ("params_per_edit", "edit_bytes")}
-    return {"status": "partial", "method": header["method"], "set": header["set"], "scenario": header["scenario"],
-            "n": header["n"], "n_scored": len(entries), **means, **costs,
-            "seconds_per_edit": mean([e["edit_seconds"] for e in entries]), "peak_mb": None, "records": scores}
-
-
-def partial_sequence(path: Path) -> Optional[dict]:
-    """A sequential run still under way (or cut off): the edits made so far and its scores at checkpoints."""
-    progress = read_progress(path)
+def _partial_of(result_file: Path) -> Optional[dict]:
+    """A run still under way (or cut off), marked partial: a single-edit run's journalled records so far,
+    or a sequence's edits made so far and its scores at the checkpoints it has passed."""
+    journal = journal_path(result_file)
+    if journal.is_file():
+        lines = read_journal(journal)
+        if len(lines) < 2:
+            return None
+        header, entries = lines[0], lines[1:]
+        scores = [e["scores"] for e in entries]
+        return {"status": "partial", **{k: header[k] for k in RUN_FIELDS}, "n_scored": len(entries),
+                **{k: mean([s.get(k) for s in scores]) for k in (*SCORES, "fluency")},
+                **{k: mean([e["costs"].get(k) for e in entries]) for k in ("params_per_edit", "edit_bytes")},
+                "seconds_per_edit": mean([e["edit_seconds"] for e in entries]), "peak_mb": None, "records": scores}
+    progress = read_progress(checkpoint_dir(result_file))
     if progress is None:
         return None
-    header, made = progress["header"], progress["bookkeeping"]
-    return {"status": "partial", "method": header["method"], "set": header["set"], "scenario": header["scenario"],
-            "n": header["n"], "n_edits": made["n_edits"], "checkpoints": made["checkpoints"],
-            "seconds_per_edit": mean(made["edit_seconds"])}
+    made = progress["bookkeeping"]
+    return {"status": "partial", **{k: progress["header"][k] for k in RUN_FIELDS}, "n_edits": made["n_edits"],
+            "checkpoints": made["checkpoints"], "seconds_per_edit": mean(made["edit_seconds"])}
 
 
-def _partial_of(result_file: Path) -> Optional[dict]:
-    journal, checkpoint = journal_path(result_file), checkpoint_dir(result_file)
-    if journal.is_file():
-        return partial_run(journal)
-    return partial_sequence(checkpoint) if checkpoint.is_dir() else None
+def with_harmonic_means(run: dict) -> dict:
+    """The run with hm and em_hm: the harmonic means of rel, gen and loc under both scorings."""
+    em = run.get("em") or {}
+    run["hm"] = harmonic_mean([run.get("rel"), run.get("gen"), run.get("loc")])
+    run["em_hm"] = harmonic_mean([em.get("rel"), em.get("gen"), em.get("loc")]) if em else None
+    return run
 
 
 def load_runs(results_dir: Path) -> List[dict]:
-    """Every result under RESULTS/runs/n*/set/scenario/, whatever run wrote it (several N may coexist).
-
-    A run that has not finished is shown from its journal or sequence checkpoint, as partial,
-    unless a finished result exists.
-    """
+    """Every result under RESULTS/runs/n*/set/scenario/ (several N may coexist); a run not finished is
+    shown from its journal or sequence checkpoint, as partial, unless a finished result exists."""
     runs = []
     for path in sorted((results_dir / "runs").glob("n*/*/*/*.json")):
         run = json.loads(path.read_text())
-        if run.get("status") != "ok":
-            run = _partial_of(path) or run
-        runs.append(run)
+        runs.append(run if run.get("status") == "ok" else _partial_of(path) or run)
     for partial in sorted((results_dir / "runs").glob("n*/*/*/*.partial*")):
         result_file = partial.with_name(partial.name.split(".partial")[0] + ".json")
-        if not result_file.is_file():
-            run = _partial_of(result_file)
-            runs.extend([run] if run else [])
+        run = None if result_file.is_file() else _partial_of(result_file)
+        runs.extend([run] if run else [])
     for run in runs:
         records = run.pop("records", None)  # per-request scores stay in runs/
         if run.get("status") in ("ok", "partial"):
-            run["hm"] = harmonic_mean([run.get("rel"), run.get("gen"), run.get("loc")])
-            em = run.get("em") or {}
-            run["em_hm"] = harmonic_mean([em.get("rel"), em.get("gen"), em.get("loc")]) if em else None
+            with_harmonic_means(run)
             if is_knowedit(run["set"]) and records:
                 run["knowedit"] = knowedit_summary(records)
     runs.sort(key=lambda r: (r["n"], r["set"], _scenario_order(r["scenario"]), _method_order(r["method"])))
     return runs
 
 
-def _groups(runs: List[dict]) -> List[tuple]:
-    """(n, set, scenario) in table order."""
-    seen = []
+def _grouped(runs: List[dict]) -> Dict[tuple, List[dict]]:
+    """Runs by (n, set, scenario), in table order."""
+    groups: Dict[tuple, List[dict]] = {}
     for run in runs:
-        key = (run["n"], run["set"], run["scenario"])
-        if key not in seen:
-            seen.append(key)
-    return seen
+        groups.setdefault((run["n"], run["set"], run["scenario"]), []).append(run)
+    return groups
 
 
 # ---- formatting ------------------------------------------------------------------------------
+COUNT_UNITS = (("M", 1e6), ("k", 1e3), ("", 1))
+BYTE_UNITS = ((" MB", 1024 ** 2), (" KB", 1024), (" B", 1))
 
 
 def _pct(value) -> str:
@@ -111,40 +102,40 @@ def _num(value, digits=2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _count(value) -> str:
+def _scaled(value, units) -> str:
+    """value in the largest of units (suffix, size) it reaches; below them all, whole in the last one."""
     if value is None:
         return "n/a"
-    for unit, size in (("M", 1e6), ("k", 1e3)):
-        if value >= size:
-            return f"{value / size:.1f}{unit}"
-    return f"{value:.0f}"
+    suffix, size = next((unit for unit in units if value >= unit[1]), units[-1])
+    return f"{value / size:.{1 if size > 1 else 0}f}{suffix}"
 
 
-def _bytes(value) -> str:
-    if value is None:
-        return "n/a"
-    for unit, size in (("MB", 1024 ** 2), ("KB", 1024)):
-        if value >= size:
-            return f"{value / size:.1f} {unit}"
-    return f"{value:.0f} B"
+def markdown_head(columns: List[str]) -> List[str]:
+    return [markdown_row(columns), "|" + "---|" * len(columns)]
+
+
+def markdown_row(cells: List[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def table_row(run: dict) -> List[str]:
+    """A run's cells under TABLE_COLUMNS; a run without final scores gets what it has in one cell."""
     if run.get("status") not in ("ok", "partial"):
         why = run.get("reason") or run.get("error") or run.get("status")
-        return [run["method"], f"{run.get('status')}: {why}"[:200]] + [""] * (len(TABLE_COLUMNS) - 2)
-    if run["status"] == "partial" and "n_edits" in run:
+        note = f"{run.get('status')}: {why}"[:200]
+    elif run["status"] == "partial" and "n_edits" in run:
         scored = ", ".join(f"after {c['edits']}: {_pct(c['rel'])} / {_pct(c['gen'])} / {_pct(c['loc'])}"
                            for c in run["checkpoints"])
-        text = (f"partial: {run['n_edits']} of {Scenario.parse(run['scenario']).size} edits made; "
+        note = (f"partial: {run['n_edits']} of {Scenario.parse(run['scenario']).size} edits made; "
                 f"rel / gen / loc {scored or 'not yet scored'}")
-        return [run["method"], text] + [""] * (len(TABLE_COLUMNS) - 2)
-    name = run["method"] if run["status"] == "ok" else f"{run['method']} (partial: {run['n_scored']}/{run['n']})"
-    em = run.get("em") or {}
-    return [name, _pct(run["rel"]), _pct(run["gen"]), _pct(run["loc"]), _pct(run["port"]), _pct(run["hm"]),
-            *[_pct(em.get(k)) for k in ("rel", "gen", "loc", "port")], _pct(run.get("em_hm")),
-            _num(run["fluency"]), _num(run["seconds_per_edit"]),
-            _count(run.get("params_per_edit")), _num(run.get("peak_mb"), 0), _bytes(run.get("edit_bytes"))]
+    else:
+        name = run["method"] if run["status"] == "ok" else f"{run['method']} (partial: {run['n_scored']}/{run['n']})"
+        em = run.get("em") or {}
+        return [name, *[_pct(run[k]) for k in SCORES], _pct(run["hm"]), *[_pct(em.get(k)) for k in SCORES],
+                _pct(run.get("em_hm")), _num(run["fluency"]), _num(run["seconds_per_edit"]),
+                _scaled(run.get("params_per_edit"), COUNT_UNITS), _num(run.get("peak_mb"), 0),
+                _scaled(run.get("edit_bytes"), BYTE_UNITS)]
+    return [run["method"], note] + [""] * (len(TABLE_COLUMNS) - 2)
 
 
 def markdown_tables(runs: List[dict], args) -> str:
@@ -164,13 +155,9 @@ def markdown_tables(runs: List[dict], args) -> str:
         "edit (single: per edit; seqT: all T edits together).",
         "",
     ]
-    for n, data_set, scenario in _groups(runs):
-        rows = [r for r in runs if (r["n"], r["set"], r["scenario"]) == (n, data_set, scenario)]
-        lines += [f"## {data_set} / {scenario} (first {n} records)", "",
-                  "| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-        lines += ["| " + " | ".join(table_row(r)) + " |" for r in rows]
-        lines.append("")
-        lines += knowedit_table(rows)
+    for (n, data_set, scenario), rows in _grouped(runs).items():
+        lines += [f"## {data_set} / {scenario} (first {n} records)", "", *markdown_head(TABLE_COLUMNS)]
+        lines += [markdown_row(table_row(r)) for r in rows] + [""] + knowedit_table(rows)
     return "\n".join(lines)
 
 
@@ -184,58 +171,40 @@ def knowedit_table(rows: List[dict]) -> List[str]:
     header = (["method", "Edit Succ", "Portability"] + [f"Port. {k}" for k in port_kinds] + ["Locality"]
               + [f"Loc. {k}" for k in loc_kinds] + ["Fluency", "HM(succ,port,loc)"])
     lines = ["KnowEdit's summary (its script's definitions; Fluency: n-gram entropy x 100, as it prints it):", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             *markdown_head(header)]
     for run in rows:
         k = run["knowedit"]
         fluency = None if k["fluency"] is None else 100 * k["fluency"]
-        cells = ([_pct(k["edit_succ"]), _pct(k["portability"])] + [_pct(k["portability_kinds"].get(n)) for n in port_kinds]
-                 + [_pct(k["locality"])] + [_pct(k["locality_kinds"].get(n)) for n in loc_kinds]
-                 + [_num(fluency, 1), _pct(k["hm"])])
-        lines.append("| " + " | ".join([table_row(run)[0]] + cells) + " |")
+        cells = ([table_row(run)[0], _pct(k["edit_succ"]), _pct(k["portability"])]
+                 + [_pct(k["portability_kinds"].get(n)) for n in port_kinds] + [_pct(k["locality"])]
+                 + [_pct(k["locality_kinds"].get(n)) for n in loc_kinds] + [_num(fluency, 1), _pct(k["hm"])])
+        lines.append(markdown_row(cells))
     return lines + [""]
 
 
-# ---- targets ----------------------------------------------------------------------------------
-
-
-def _find(runs, method, key) -> Optional[dict]:
-    for run in runs:
-        if run["method"] == method and (run["n"], run["set"], run["scenario"]) == key and run["status"] == "ok":
-            return run
-    return None
-
-
 def check_targets(runs: List[dict]) -> List[str]:
-    """One line per target and (N, set, scenario): met / not met, with the numbers.
-
-    BaFT's harmonic mean must be the highest for single and sequential editing; its s/edit at
-    most ROME's; its params/edit at most 1% of ROME's.
-    """
+    """One line per target and (N, set, scenario), met or not, with the numbers: BaFT's harmonic means the
+    highest for single and sequential editing, its s/edit at most ROME's, its params/edit at most 1% of ROME's."""
     lines = []
-    for key in _groups(runs):
-        n, data_set, scenario = key
+    for (n, data_set, scenario), group in _grouped(runs).items():
         where = f"{data_set}/{scenario} (N={n})"
-        ok = [r for r in runs if (r["n"], r["set"], r["scenario"]) == key and r["status"] == "ok"]
-        baft, rome = _find(ok, "BaFT", key), _find(ok, "ROME", key)
-        for field, label in (("hm", "HM"), ("em_hm", "em HM")):
-            if scenario.startswith("batch"):
-                break
-            scored = [r for r in ok if r.get(field) is not None]
-            if baft is None or baft.get(field) is None or len(scored) < 2:
+        ok = {r["method"]: r for r in group if r["status"] == "ok"}
+        baft, rome = ok.get("BaFT"), ok.get("ROME")
+        missing = [r["method"] for r in group if r["status"] != "ok"]
+        note = f" (not run or not finished: {', '.join(missing)})" if missing else ""
+        for field, label in [] if scenario.startswith("batch") else [("hm", "HM"), ("em_hm", "em HM")]:
+            rivals = [r for r in ok.values() if r.get(field) is not None and r is not baft]
+            if baft is None or baft.get(field) is None or not rivals:
                 lines.append(f"[n/a    ] {where}: BaFT {label} highest: not enough results")
                 continue
-            rivals = [r for r in scored if r is not baft]
             best_rival = max(r[field] for r in rivals)
             # A tie (e.g. every method at 0) is not "highest": it is reported as such.
             verdict = "met" if baft[field] > best_rival else ("tie" if baft[field] == best_rival else "NOT MET")
             others = ", ".join(f"{r['method']} {_pct(r[field])}" for r in rivals)
-            missing = [r["method"] for r in runs if (r["n"], r["set"], r["scenario"]) == key and r["status"] != "ok"]
-            note = f" (not run or not finished: {', '.join(missing)})" if missing else ""
             lines.append(f"[{verdict:7}] {where}: BaFT {label} {_pct(baft[field])} highest? vs {others}{note}")
         if baft and rome:
             b, r = baft["seconds_per_edit"], rome["seconds_per_edit"]
-            verdict = "met" if b <= r else "NOT MET"
-            lines.append(f"[{verdict:7}] {where}: BaFT s/edit {b:.2f} <= ROME {r:.2f}")
+            lines.append(f"[{'met' if b <= r else 'NOT MET':7}] {where}: BaFT s/edit {b:.2f} <= ROME {r:.2f}")
             bp, rp = baft.get("params_per_edit"), rome.get("params_per_edit")
             if bp is not None and rp:
                 verdict = "met" if bp <= PARAMS_SHARE_OF_ROME * rp else "NOT MET"
@@ -245,8 +214,6 @@ def check_targets(runs: List[dict]) -> List[str]:
 
 
 # ---- plots ------------------------------------------------------------------------------------
-
-
 def curve_points(runs: List[dict], n: int, data_set: str, method: str) -> Dict[str, List[tuple]]:
     """(number of edits, score) per score: single is 1 edit; seqT gives its checkpoints."""
     points = {key: [] for key, _ in PLOTTED_SCORES}
@@ -275,28 +242,24 @@ def write_plots(runs: List[dict], args) -> List[Path]:
     for n, data_set in sorted({(r["n"], r["set"]) for r in runs if r["status"] == "ok"}):
         if not any(r["set"] == data_set and r["n"] == n and r["scenario"].startswith("seq") for r in runs):
             continue
+        curves = {method: curve_points(runs, n, data_set, method) for method in methods}
         fig, axes = plt.subplots(1, len(PLOTTED_SCORES), figsize=(15, 4.2))
         for ax, (key, title) in zip(axes, PLOTTED_SCORES):
-            for method in methods:
-                pts = curve_points(runs, n, data_set, method)[key]
-                if pts:
-                    ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=method)
-            ax.set_xscale("log")
-            steps = sorted({p[0] for m in methods for p in curve_points(runs, n, data_set, m)[key]})
+            for method, points in curves.items():
+                if points[key]:
+                    ax.plot([p[0] for p in points[key]], [100 * p[1] for p in points[key]], marker="o", label=method)
+            ax.set(xscale="log", xlabel="number of sequential edits (1 = single)", ylabel="%", ylim=(-2, 102),
+                   title=title)
+            steps = sorted({p[0] for points in curves.values() for p in points[key]})
             ax.set_xticks(steps, [str(step) for step in steps])  # plain edit counts, not powers of ten
             ax.xaxis.set_minor_formatter(NullFormatter())
-            ax.set_xlabel("number of sequential edits (1 = single)")
-            ax.set_ylabel("%")
-            ax.set_ylim(-2, 102)
-            ax.set_title(title)
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=8)
         fig.suptitle(f"{data_set}, first {n} records: scores on all edits so far, {args.model}")
         fig.tight_layout()
-        path = args.results_dir / f"sequential_{data_set}_n{n}.png"
-        fig.savefig(path, dpi=110)
+        paths.append(args.results_dir / f"sequential_{data_set}_n{n}.png")
+        fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
-        paths.append(path)
     return paths
 
 

@@ -2,7 +2,7 @@
 
 The user's script: each method is built by the host (BaseEditor.from_hparams), edits with the host's
 apply_algo and is scored by the host's evaluation, through the benchmark runner's own code, so the
-numbers are those the runner reports (teacher-forced, and generation-based exact match as em).
+numbers and the table are those the runner reports (teacher-forced, and generation-based exact match as em).
 
     EASYEDIT_ROOT=/path/to/EasyEdit python examples/compare_methods.py --n 20 --set zsre
 """
@@ -19,8 +19,9 @@ sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks"), str(REPO_ROOT / "
 from bench_data import DATA_FILES, build_requests, requests_from_records  # noqa: E402
 from bench_host import import_host, metric_functions  # noqa: E402
 from bench_methods import METHODS, hparams_file, load_hparams  # noqa: E402
+from bench_report import TABLE_COLUMNS, markdown_head, markdown_row, table_row, with_harmonic_means  # noqa: E402
 from bench_scenarios import Host, Scenario, mean_scores, open_editor, pre_edit_metrics, run_scenario  # noqa: E402
-from easyedit_baft.metrics import harmonic_mean  # noqa: E402
+from easyedit_baft.metrics import mean  # noqa: E402
 from easyedit_baft.model_loading import resolve_model_path  # noqa: E402
 from easyedit_baft.records import default_data_dir, read_records  # noqa: E402
 from memit_stats import missing_statistics  # noqa: E402
@@ -57,26 +58,23 @@ def main(argv=None) -> int:
     model = resolve_model_path(args.model)
     requests = requests_from_records(host.prepare_requests, read_records(args.data, args.n)) if args.data else \
         build_requests(host.prepare_requests, args.data_dir, args.set, args.n)
-    columns = ["method", "rel", "gen", "loc", "port", "HM", "em rel", "em gen", "em loc", "em HM", "s/edit"]
-    table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    table = markdown_head(TABLE_COLUMNS)
     print("\n".join(table))
     for name in args.methods:
         spec = METHODS[name]
-        path = hparams_file(spec, args.hparams_name, args.baft_hparams)
-        hparams = load_hparams(spec, path, model, None, args.scenario.edits_per_call)
+        hparams = load_hparams(spec, hparams_file(spec, args.hparams_name, args.baft_hparams), model, None,
+                               args.scenario.edits_per_call)
         missing = missing_statistics(hparams, model)
         if missing:  # the host would try to compute them from Wikipedia, online
-            table.append(f"| {name} | skipped: {missing[0]} is missing; run python examples/memit_stats.py |")
-            print(table[-1], flush=True)
-            continue
-        editor = open_editor(host, spec, hparams)  # the host's BaseEditor(hparams)
-        pres = pre_edit_metrics(host, editor, requests)
-        result = run_scenario(host, editor, spec, args.scenario, requests, pres, 0, [])
-        s = mean_scores(result.records)
-        em, seconds = s["em"], sum(result.edit_seconds) / max(len(result.edit_seconds), 1)
-        cells = [s["rel"], s["gen"], s["loc"], s["port"], harmonic_mean([s["rel"], s["gen"], s["loc"]]),
-                 em["rel"], em["gen"], em["loc"], harmonic_mean([em["rel"], em["gen"], em["loc"]])]
-        table.append(f"| {name} | " + " | ".join("-" if v is None else f"{100 * v:.1f}" for v in cells) + f" | {seconds:.2f} |")
+            run = {"status": "skipped", "method": name,
+                   "reason": f"{missing[0]} is missing; run python examples/memit_stats.py"}
+        else:
+            editor = open_editor(host, spec, hparams)  # the host's BaseEditor(hparams)
+            result = run_scenario(host, editor, spec, args.scenario, requests, pre_edit_metrics(host, editor, requests),
+                                  0, [])
+            run = with_harmonic_means({"status": "ok", "method": name, **mean_scores(result.records),
+                                       "seconds_per_edit": mean(result.edit_seconds), **result.costs})
+        table.append(markdown_row(table_row(run)))
         print(table[-1], flush=True)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
