@@ -3,15 +3,11 @@
 MEMIT (and ROME with mom2_adjustment) needs, for each edited layer, E[k k^T] over the inputs k of
 the MLP's output projection. The host computes it from Wikipedia through HF datasets, which an
 offline machine cannot reach; when the file already exists the host loads it and downloads nothing.
-This script writes that file from local text instead.
-
-It is a small-corpus approximation: by default a few thousand short Wikipedia-like texts (KnowEdit
-WikiBio passages and ZsRE train questions, some 50k tokens) where upstream uses 100k Wikipedia
-articles. Numbers from MEMIT on these statistics are indicative, not comparable with published ones.
-
-File layout, as the host's layer_stats expects it:
-  STATS_DIR/<model dir name>/<mom2_dataset>_stats/<layer>_<mom2_dtype>_mom2_<mom2_n_samples>.npz
-with keys mom2.mom2 (the d x d moment sum), mom2.count (tokens), mom2.constructor and sample_size.
+This writes that file from local text: a small-corpus approximation (by default a few thousand
+WikiBio passages and ZsRE train questions, some 50k tokens, where upstream uses 100k Wikipedia
+articles), so MEMIT's numbers on it are indicative, not comparable with published ones. The file is
+STATS_DIR/<model dir name>/<mom2_dataset>_stats/<layer>_<mom2_dtype>_mom2_<mom2_n_samples>.npz with
+keys mom2.mom2 (the d x d moment sum), mom2.count (tokens), mom2.constructor and sample_size.
 
     python examples/memit_stats.py --hparams examples/hparams/MEMIT/smollm2-135m.yaml
 """
@@ -19,8 +15,8 @@ with keys mom2.mom2 (the d x d moment sum), mom2.count (tokens), mom2.constructo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import logging
 import random
 import sys
 from pathlib import Path
@@ -34,48 +30,37 @@ from tqdm.auto import tqdm
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run from a checkout
 
-from easyedit_baft.model_loading import resolve_model_path  # noqa: E402
+from easyedit_baft.model_loading import load_model, resolve_model_path  # noqa: E402
 from easyedit_baft.records import default_data_dir  # noqa: E402
 
-DATA_DIR = default_data_dir()
-EXAMPLES_HPARAMS = REPO_ROOT / "examples" / "hparams"
-
-LOG = logging.getLogger("memit_stats")
-
-DEFAULT_CORPUS = (
-    DATA_DIR / "knowedit" / "WikiBio" / "wikibio-train-all.json",
-    DATA_DIR / "zsre" / "zsre_mend_train-1k.json",
-)
-# Which record fields are running text, per corpus shape.
-TEXT_FIELDS = ("text", "src", "loc", "prompt")
-SECOND_MOMENT_CONSTRUCTOR = "easyeditor.util.runningstats.SecondMoment()"
+DEFAULT_CORPUS = [default_data_dir() / "knowedit" / "WikiBio" / "wikibio-train-all.json",
+                  default_data_dir() / "zsre" / "zsre_mend_train-1k.json"]
+TEXT_FIELDS = ("text", "src", "loc", "prompt")  # which record fields are running text, per corpus shape
 
 
 class _StopForward(Exception):
     """Raised past the deepest layer needed: the rest of the model is not computed."""
 
 
-def stats_file(stats_dir: Path, model_path: str, dataset: str, layer_name: str, dtype: str, n_samples: int) -> Path:
-    # The host names the model folder after the last path component of model.config._name_or_path.
-    model_dir = str(model_path).rstrip("/").rsplit("/")[-1]
-    return Path(stats_dir) / model_dir / f"{dataset}_stats" / f"{layer_name}_{dtype}_mom2_{n_samples}.npz"
+def statistics_files(hp: dict, stats_dir, model_path: str) -> Dict[str, Path]:
+    """Layer name -> the file the host reads for it; the host names the model folder after the last
+    path component of model.config._name_or_path."""
+    folder = Path(stats_dir) / str(model_path).rstrip("/").rsplit("/")[-1] / f"{hp['mom2_dataset']}_stats"
+    names = [hp["rewrite_module_tmp"].format(layer) for layer in hp["layers"]]
+    return {name: folder / f"{name}_{hp['mom2_dtype']}_mom2_{hp['mom2_n_samples']}.npz" for name in names}
 
 
 def missing_statistics(hparams, model_path: str) -> List[str]:
     """The statistics files an editor with mom2_adjustment will read and that do not exist."""
     if not getattr(hparams, "mom2_adjustment", False):
         return []
-    files = [stats_file(Path(hparams.stats_dir), model_path, hparams.mom2_dataset,
-                        hparams.rewrite_module_tmp.format(layer), hparams.mom2_dtype, hparams.mom2_n_samples)
-             for layer in hparams.layers]
-    return [str(f) for f in files if not f.is_file()]
+    return [str(f) for f in statistics_files(vars(hparams), hparams.stats_dir, model_path).values() if not f.is_file()]
 
 
 def corpus_texts(paths: Iterable[Path]) -> List[str]:
     """Running text from .txt files (a line each) and JSON lists (strings or records' text fields)."""
     texts = []
-    for path in paths:
-        path = Path(path)
+    for path in map(Path, paths):
         if not path.is_file():
             raise FileNotFoundError(f"corpus file {str(path)!r} does not exist; fix --corpus")
         if path.suffix != ".json":
@@ -84,54 +69,40 @@ def corpus_texts(paths: Iterable[Path]) -> List[str]:
         for record in json.loads(path.read_text(encoding="utf-8")):
             if isinstance(record, str):
                 texts.append(record)
-                continue
-            for field in TEXT_FIELDS:
-                value = record.get(field) if isinstance(record, dict) else None
-                if isinstance(value, str) and value.strip():
-                    texts.append(value.replace("nq question: ", "").strip())  # ZsRE's loc prefix is no text
+            elif isinstance(record, dict):
+                values = [record.get(field) for field in TEXT_FIELDS]
+                # ZsRE's locality prompts start with a prefix that is no text.
+                texts += [v.replace("nq question: ", "").strip() for v in values if isinstance(v, str) and v.strip()]
     return texts
 
 
-def _capture_inputs(model, layer_names: List[str], sums: Dict[str, torch.Tensor], counts: Dict[str, int], mask_ref):
-    """Forward pre-hooks adding each projection's inputs (real tokens only) into sums."""
-    handles = []
-    for name in layer_names:
-        module = model.get_submodule(name)
-
-        def hook(_module, args, name=name):
-            keys = args[0][mask_ref["mask"]].double()
-            sums[name] += keys.T @ keys
-            counts[name] += keys.shape[0]
-
-        handles.append(module.register_forward_pre_hook(hook))
-    return handles
-
-
 def collect(model, tok, texts: List[str], layer_names: List[str], last_block, max_tokens: int, batch_size: int):
-    """Sum of k k^T and token count for each layer over texts."""
-    d = model.get_submodule(layer_names[0]).in_features
+    """Sum of k k^T and token count for each layer over texts, from forward pre-hooks on real tokens only."""
+    modules = {model.get_submodule(name): name for name in layer_names}
+    d = next(iter(modules)).in_features
     sums = {name: torch.zeros(d, d, dtype=torch.float64) for name in layer_names}
-    counts = {name: 0 for name in layer_names}
-    mask_ref = {}
-    handles = _capture_inputs(model, layer_names, sums, counts, mask_ref)
+    counts = dict.fromkeys(layer_names, 0)
+    batch = {}
+
+    def add_inputs(module, args):
+        keys = args[0][batch["attention_mask"].bool()].double()
+        sums[modules[module]] += keys.T @ keys
+        counts[modules[module]] += keys.shape[0]
 
     def stop(*_):
         raise _StopForward
 
+    handles = [module.register_forward_pre_hook(add_inputs) for module in modules]
     handles.append(last_block.register_forward_hook(stop))
-    # Similar lengths in a batch: less padding to compute.
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths in a batch: less padding
     tok.padding_side = "right"
     try:
         with torch.no_grad():
             for start in tqdm(range(0, len(order), batch_size), desc="second moments", unit="batch"):
                 batch = tok([texts[i] for i in order[start:start + batch_size]], return_tensors="pt",
                             padding=True, truncation=True, max_length=max_tokens)
-                mask_ref["mask"] = batch["attention_mask"].bool()
-                try:
+                with contextlib.suppress(_StopForward):
                     model(**batch)
-                except _StopForward:
-                    pass
     finally:
         for handle in handles:
             handle.remove()
@@ -140,20 +111,17 @@ def collect(model, tok, texts: List[str], layer_names: List[str], last_block, ma
 
 def save(path: Path, moment_sum: torch.Tensor, count: int, dtype: str, n_samples: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **{
-        "mom2.constructor": np.array(SECOND_MOMENT_CONSTRUCTOR),
-        "mom2.count": np.array(count),
-        "mom2.mom2": moment_sum.numpy().astype(dtype),
-        "sample_size": np.array(n_samples),
-    })
+    np.savez(path, **{"mom2.constructor": np.array("easyeditor.util.runningstats.SecondMoment()"),
+                      "mom2.count": np.array(count), "mom2.mom2": moment_sum.numpy().astype(dtype),
+                      "sample_size": np.array(n_samples)})
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--hparams", type=Path, default=EXAMPLES_HPARAMS / "MEMIT" / "smollm2-135m.yaml",
+    parser.add_argument("--hparams", type=Path, default=REPO_ROOT / "examples/hparams/MEMIT/smollm2-135m.yaml",
                         help="the MEMIT hparams file: layers, module names, mom2_* and stats_dir come from it")
     parser.add_argument("--model", default=None, help="local HF model directory (default: the embedded SmolLM2)")
-    parser.add_argument("--corpus", type=Path, nargs="+", default=list(DEFAULT_CORPUS),
+    parser.add_argument("--corpus", type=Path, nargs="+", default=DEFAULT_CORPUS,
                         help=".txt (a text per line) or .json files (default: WikiBio train + ZsRE train)")
     parser.add_argument("--stats-dir", default=None, help="default: the hparams' stats_dir, relative to the repo root")
     parser.add_argument("--max-tokens", type=int, default=256, help="tokens kept per text")
@@ -162,37 +130,28 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--force", action="store_true", help="recompute files that exist")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-
     hp = yaml.safe_load(args.hparams.read_text(encoding="utf-8"))
     model_path = resolve_model_path(args.model)
     stats_dir = REPO_ROOT / Path(args.stats_dir or hp["stats_dir"]).expanduser()  # relative: from the repo root
-    n_samples, dtype = int(hp["mom2_n_samples"]), hp["mom2_dtype"]
-    layer_names = [hp["rewrite_module_tmp"].format(layer) for layer in hp["layers"]]
-    targets = {name: stats_file(stats_dir, model_path, hp["mom2_dataset"], name, dtype, n_samples)
-               for name in layer_names}
+    targets = statistics_files(hp, stats_dir, model_path)
     todo = [name for name, path in targets.items() if args.force or not path.is_file()]
     if not todo:
-        LOG.info("all %d statistics files exist under %s (use --force to recompute)", len(targets), stats_dir)
+        print(f"all {len(targets)} statistics files exist under {stats_dir} (use --force to recompute)")
         return 0
-
+    n_samples = int(hp["mom2_n_samples"])
     texts = corpus_texts(args.corpus)
     if len(texts) < n_samples:
         sys.exit(f"the corpus has {len(texts)} texts, fewer than mom2_n_samples={n_samples} in {args.hparams}; "
                  "add --corpus files or lower mom2_n_samples there")
-    texts = random.Random(args.seed).sample(texts, n_samples)
-
-    from easyedit_baft.model_loading import load_model
-
     model, tok = load_model(model_path)
-    deepest = max(hp["layers"])
-    last_block = model.get_submodule(hp["layer_module_tmp"].format(deepest))
-    sums, counts = collect(model, tok, texts, todo, last_block, args.max_tokens, args.batch_size)
+    last_block = model.get_submodule(hp["layer_module_tmp"].format(max(hp["layers"])))
+    sums, counts = collect(model, tok, random.Random(args.seed).sample(texts, n_samples), todo, last_block,
+                           args.max_tokens, args.batch_size)
     for name in todo:
-        save(targets[name], sums[name], counts[name], dtype, n_samples)
-        LOG.info("wrote %s (%d tokens)", targets[name], counts[name])
+        save(targets[name], sums[name], counts[name], hp["mom2_dtype"], n_samples)
+        print(f"wrote {targets[name]} ({counts[name]} tokens)")
     return 0
 
 

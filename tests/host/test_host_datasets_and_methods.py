@@ -66,7 +66,7 @@ def _hparams(method: str, model_path: str, stats_dir: Path):
 def _write_memit_stats(editor, model_path: str) -> None:
     """Second moments of MEMIT's layers from local text (ZsRE train questions), in the files the host
     reads: with them present it downloads nothing (examples/memit_stats.py does the same at full size)."""
-    from memit_stats import collect, corpus_texts, save, stats_file
+    from memit_stats import collect, corpus_texts, save, statistics_files
 
     hp = editor.hparams
     texts = corpus_texts([need_data(ZSRE_TRAIN)])[:hp.mom2_n_samples]
@@ -77,9 +77,8 @@ def _write_memit_stats(editor, model_path: str) -> None:
         sums, counts = collect(editor.model, editor.tok, texts, names, last_block, max_tokens=64, batch_size=16)
     finally:
         editor.tok.padding_side = padding_side
-    for name in names:
-        save(stats_file(Path(hp.stats_dir), model_path, hp.mom2_dataset, name, hp.mom2_dtype, hp.mom2_n_samples),
-             sums[name], counts[name], hp.mom2_dtype, hp.mom2_n_samples)
+    for name, path in statistics_files(vars(hp), hp.stats_dir, model_path).items():
+        save(path, sums[name], counts[name], hp.mom2_dtype, hp.mom2_n_samples)
 
 
 def test_rome_memit_grace_and_baft_in_the_same_loop(model_path, zsre_records, tmp_path):
