@@ -38,10 +38,9 @@ def data_file(data_dir: Path, name: str) -> Path:
     path = data_dir / DATA_FILES[name]
     if not path.is_file():
         raise FileNotFoundError(
-            f"data set {name!r}: {path} does not exist; the benchmark sets are not shipped with the package: "
-            f"put {DATA_FILES[name]} under ../shared/data beside the repository (the default; "
-            f"easyedit_baft/data/PROVENANCE.md names its source), or pass --data-dir pointing at the folder that holds it"
-        )
+            f"data set {name!r}: {path} does not exist; the benchmark sets are not shipped with the package: put "
+            f"{DATA_FILES[name]} under ../shared/data beside the repository (the default; easyedit_baft/data/"
+            "PROVENANCE.md names its source), or pass --data-dir pointing at the folder that holds it")
     return path
 
 
@@ -50,16 +49,12 @@ def data_hash(data_dir: Path, name: str) -> str:
     return hashlib.sha256(data_file(data_dir, name).read_bytes()).hexdigest()[:16]
 
 
-def read_set(data_dir: Path, name: str, n: int) -> List[dict]:
+def build_requests(prepare_requests, data_dir: Path, name: str, n: int) -> List[dict]:
+    """The first n records of data set `name` as EasyEdit requests (built by the host's own builder)."""
     records = read_records(data_file(data_dir, name))
     if n > len(records):
         raise ValueError(f"--n {n} exceeds the {len(records)} records of {name!r}; use --n <= {len(records)}")
-    return records[:n]
-
-
-def build_requests(prepare_requests, data_dir: Path, name: str, n: int) -> List[dict]:
-    """The first n records of data set `name` as EasyEdit requests (built by the host's own builder)."""
-    return requests_from_records(prepare_requests, read_set(data_dir, name, n))
+    return requests_from_records(prepare_requests, records[:n])
 
 
 def requests_from_records(prepare_requests, records: List[dict]) -> List[dict]:
@@ -72,6 +67,5 @@ def requests_from_records(prepare_requests, records: List[dict]) -> List[dict]:
 
 def training_loc_prompts(data_dir: Path, n: int) -> List[str]:
     """Unrelated prompts for methods that take them at training time (WISE), from the train split."""
-    path = data_dir / LOC_PROMPT_FILE
-    records = json.loads(path.read_text(encoding="utf-8"))[:n]
+    records = json.loads((data_dir / LOC_PROMPT_FILE).read_text(encoding="utf-8"))[:n]
     return [r["loc"] + " " + r["loc_ans"] for r in records]

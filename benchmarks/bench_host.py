@@ -25,30 +25,23 @@ def import_host():
     try:
         import easyeditor  # noqa: F401
     except ImportError as err:
-        raise HostError(
-            f"cannot import easyeditor ({err}); set EASYEDIT_ROOT to an EasyEdit checkout "
-            "(see docs: git archive of zjunlp/EasyEdit) and use a venv where its requirements import"
-        ) from err
+        raise HostError(f"cannot import easyeditor ({err}); set EASYEDIT_ROOT to an EasyEdit checkout (see docs: "
+                        "git archive of zjunlp/EasyEdit) and use a venv where its requirements import") from err
     if hasattr(easyedit_baft, "register_with_host"):
         easyedit_baft.register_with_host()  # 'BaFT' into ALG_DICT, the restore set and the batch check
     from easyeditor.util.alg_dict import ALG_DICT
 
     if "BaFT" not in ALG_DICT:
-        raise HostError(
-            "'BaFT' is not in easyeditor's ALG_DICT after `import easyedit_baft`; "
-            "install a version of easyedit_baft whose import registers it (easyedit_baft/host.py)"
-        )
+        raise HostError("'BaFT' is not in easyeditor's ALG_DICT after `import easyedit_baft`; install a version "
+                        "of easyedit_baft whose import registers it (easyedit_baft/host.py)")
     fluency_without_punkt()  # the host's fluency needs NLTK data an offline machine may lack
     return easyeditor
 
 
 def generate_full_length(model) -> None:
-    """Make generate() always produce max_new_tokens, so the host's generated-token scoring cannot crash.
-
-    The host scores GRACE by generating len(target) tokens and comparing them with the target's; when
-    the model emits EOS first, the shapes differ and numpy raises (ZsRE record 67 with SmolLM2). Without
-    an EOS stop the EOS token is kept in the output and simply counts as a wrong token.
-    """
+    """Make generate() always produce max_new_tokens: the host scores GRACE by generating len(target) tokens
+    and comparing them with the target's, and an EOS first made the shapes differ and numpy raise (ZsRE
+    record 67 with SmolLM2). Without an EOS stop the EOS token is kept and simply counts as a wrong token."""
     config = getattr(model, "generation_config", None)
     if config is None:
         raise HostError(f"{type(model).__name__} has no generation_config; cannot turn off its EOS stop")
@@ -61,10 +54,6 @@ def metric_functions():
     from easyeditor.editors.utils import _prepare_requests, restore_after_edit
     from easyeditor.evaluate import compute_edit_quality
 
-    return dict(
-        BaseEditor=BaseEditor,
-        finalize_locality_metrics=finalize_locality_metrics,
-        prepare_requests=_prepare_requests,
-        restore_after_edit=restore_after_edit,
-        compute_edit_quality=compute_edit_quality,
-    )
+    return dict(BaseEditor=BaseEditor, finalize_locality_metrics=finalize_locality_metrics,
+                prepare_requests=_prepare_requests, restore_after_edit=restore_after_edit,
+                compute_edit_quality=compute_edit_quality)
