@@ -1,9 +1,6 @@
-"""The compared methods: one adapter per host algorithm holds everything the runner knows of it.
-
-An Adapter says which hparams class the method reads, how its edited model is unwrapped, what one
-edit trains and stores, and how its edited state is saved and restored between edits (so a cut-off
-sequence resumes and a finished one can be re-scored); nowhere else does the runner test a method's name.
-"""
+"""The compared methods: one adapter per host algorithm holds everything the runner knows of it
+(its hparams class, how its edited model is unwrapped, what an edit trains and stores, how its edited
+state is saved between edits); nowhere else does the runner test a method's name."""
 
 from __future__ import annotations
 
@@ -152,7 +149,8 @@ class Adapter:
     keeps_returned_model: bool = False  # the host's sequential mode keeps the returned wrapper (LoRA's PEFT)
     scored_by_generation: bool = False  # the host generates the answer instead of teacher forcing (GRACE)
     context_templates_module: str = ""  # host module whose CONTEXT_TEMPLATES_CACHE later edits reuse
-    as_host_returns: Optional[Callable] = None  # (editor) -> the model as an edit call returns it
+    # (editor) -> the edited model in the form an edit call returns it, for a sequence restored from disk
+    as_host_returns: Callable = lambda editor: editor.model
     grown: Optional[Callable] = None  # without `trained`: (model) -> elements the edits so far added
 
     def hparams_type(self):
@@ -160,16 +158,8 @@ class Adapter:
             return BaFTHyperParams
         return getattr(importlib.import_module("easyeditor"), self.hparams_class)
 
-    @property
-    def resumable(self) -> bool:
-        return self.save is not None
-
     def unwrap(self, edited_model):
         return getattr(edited_model, "model", edited_model) if self.wrapped else edited_model
-
-    def model_as_host_returns(self, editor):
-        """The edited model in the form an edit call returns it, for a sequence restored from disk."""
-        return self.as_host_returns(editor) if self.as_host_returns else editor.model
 
     def context_templates(self):
         # The host module is loaded once the method has edited; if it is not, there is nothing to keep.
@@ -252,8 +242,7 @@ def load_hparams(spec: MethodSpec, path: Path, model_dir: str, stats_dir: Option
     hparams = spec.adapter.hparams_type().from_hparams(str(path))
     if spec.baft_overrides:
         hparams = dataclasses.replace(hparams, **spec.baft_overrides)  # re-validated by __post_init__
-    hparams.model_name = model_dir
-    hparams.device = "cpu"
+    hparams.model_name, hparams.device = model_dir, "cpu"
     if hasattr(hparams, "batch_size"):
         hparams.batch_size = batch_size
     if stats_dir is not None and hasattr(hparams, "stats_dir"):

@@ -1,12 +1,9 @@
 """Saved progress of a run, so a run cut off part-way resumes where it stopped.
 
-Single edits are independent (each is undone before the next): their journal appends one JSON line
-per finished record, after a header line naming the method, data and hparams. A sequence cannot be
-journalled so, as edit k is made on the model the k-1 before it left: after every call its edited
-state (the method adapter's to say: BaFT's interventions, the weights an in-place editor changed,
-GRACE's codebook) is saved with the run's bookkeeping and ROME's and MEMIT's context templates,
-sampled once at their first edit. Methods whose adapter has no save keep state in host objects this
-does not reach: their sequences start over.
+Single edits are independent: their journal appends a JSON line per finished record. Edit k of a
+sequence is made on the model as the k-1 before it left it, so after every call the edited state
+(the method adapter's to say) is saved with the run's bookkeeping and ROME's and MEMIT's context
+templates; a method whose adapter has no save keeps state this does not reach: its sequences start over.
 """
 
 from __future__ import annotations
@@ -91,11 +88,8 @@ class Journal:
 
 
 class SequenceCheckpoint:
-    """Progress of one sequential run in `directory`; with directory None nothing is saved.
-
-    progress.json names the state folder it goes with and is replaced only once that folder is
-    complete, so a run cut off while saving still finds the previous, whole checkpoint.
-    """
+    """Progress of one sequential run in `directory` (None: nothing is saved); progress.json names its state
+    folder and is replaced only once that is complete: a run cut off while saving finds the previous one."""
 
     def __init__(self, directory: Optional[Path], header: dict, spec: MethodSpec):
         self.directory, self.header, self.spec = directory, header, spec
@@ -107,7 +101,7 @@ class SequenceCheckpoint:
 
     @property
     def enabled(self) -> bool:
-        return self.directory is not None and self.spec.adapter.resumable
+        return self.directory is not None and self.spec.adapter.save is not None
 
     def restore(self, model, hparams) -> Optional[dict]:
         """Put the saved edited state onto a fresh `model`; returns the saved bookkeeping (None: start afresh)."""

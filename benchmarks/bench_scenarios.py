@@ -1,10 +1,8 @@
 """Editing scenarios (single, batch, sequential) driven through the host's own editor and metrics.
 
-Edits go through the host's `BaseEditor.apply_algo` with the arguments its `edit` passes, and every
-score comes from the host's `compute_edit_quality` + `finalize_locality_metrics`. The host's
-sequential mode scores each edit right after it is made; here a sequence is scored on all its edits
-so far at a few checkpoints and at the end, which is what continual editing asks: do the earlier
-edits still hold once later ones are in.
+Edits go through the host's `BaseEditor.apply_algo` with the arguments its `edit` passes; scores come
+from its `compute_edit_quality` + `finalize_locality_metrics`. A sequence is scored on all its edits so
+far (not each right after it is made, as the host's sequential mode does): do earlier edits still hold?
 """
 
 from __future__ import annotations
@@ -99,14 +97,12 @@ def open_editor(host: Host, spec, hparams):
 
 
 def pre_edit_metrics(host: Host, editor, requests: List[dict]) -> List[dict]:
-    """The unedited model's outputs (locality is scored as agreement with them), its greedy
-    continuations of the locality prompts included (EM_LOCALITY)."""
-    return [
-        {**host.compute_edit_quality(editor.model, editor.model_name, editor.hparams, editor.tok, r,
-                                     editor.hparams.device, test_generation=False),
-         EM_LOCALITY: host.locality_continuations(editor.model, editor.tok, r)}
-        for r in tqdm(requests, desc="pre-edit", leave=False)
-    ]
+    """The unedited model's outputs (locality is scored as agreement with them), with its greedy
+    continuations of the locality prompts (EM_LOCALITY)."""
+    return [{**host.compute_edit_quality(editor.model, editor.model_name, editor.hparams, editor.tok, r,
+                                         editor.hparams.device, test_generation=False),
+             EM_LOCALITY: host.locality_continuations(editor.model, editor.tok, r)}
+            for r in tqdm(requests, desc="pre-edit", leave=False)]
 
 
 def add_pre_continuations(host: Host, editor, requests: List[dict], pres: List[dict]) -> bool:
@@ -128,19 +124,15 @@ def mean_scores(scores: List[dict]) -> dict:
 def apply_edit(editor, requests: List[dict]):
     """One call of the method, exactly as the host's BaseEditor.edit makes it; returns (model, copy, seconds)."""
     start = time.perf_counter()
-    edited_model, weights_copy = editor.apply_algo(
-        editor.model, editor.tok, requests, editor.hparams,
-        copy=False, return_orig_weights=True, keep_original_weight=False, train_ds=None,
-    )
+    edited_model, weights_copy = editor.apply_algo(editor.model, editor.tok, requests, editor.hparams, copy=False,
+                                                   return_orig_weights=True, keep_original_weight=False, train_ds=None)
     return edited_model, weights_copy, time.perf_counter() - start
 
 
 def run_undone(host, editor, spec, requests, pres, fluency_n, batch_size: int = 1,
                journal: Optional[Journal] = None) -> ScenarioResult:
-    """Requests edited batch_size at a time on the unedited model, scored, then undone (the host's restore).
-
-    With a journal, records it already holds are taken from it and each new one is added to it.
-    """
+    """Requests edited batch_size at a time on the unedited model, scored, then undone (the host's restore);
+    records a journal already holds are taken from it, and each new one is added to it."""
     journal = journal or Journal(None, {})
     resumed = list(journal.entries.values())
     starts = [i for i in range(0, len(requests), batch_size) if i not in journal.entries]
@@ -172,11 +164,8 @@ def checkpoint_steps(total: int, requested: List[int], batch: int = 1) -> List[i
 
 def run_sequential(host, editor, spec, requests, pres, fluency_n, checkpoints,
                    checkpoint: Optional[SequenceCheckpoint] = None, batch: int = 1) -> ScenarioResult:
-    """Requests edited `batch` at a time, one call after another on the same model (nothing undone),
-    all edits so far scored at the checkpoints, with the peak RSS and seconds per edit at each.
-
-    With a checkpoint, progress is saved after every call and a cut-off run continues from it.
-    """
+    """Requests edited `batch` at a time, one call after another on the same model (nothing undone), all
+    edits so far scored at the checkpoints; a checkpoint saves progress after every call, to continue from."""
     checkpoint = checkpoint or SequenceCheckpoint(None, {}, spec)
     result, meter = ScenarioResult(), CostMeter(spec)
     saved = checkpoint.restore(editor.model, editor.hparams)  # a cut-off run's edited state, onto the fresh model
@@ -212,10 +201,9 @@ def run_sequential(host, editor, spec, requests, pres, fluency_n, checkpoints,
         else:
             save(model, new_state=False)
 
-    edited_model = spec.adapter.model_as_host_returns(editor)
+    edited_model = spec.adapter.as_host_returns(editor)
     score_if_due(edited_model, result.n_edits)  # a run may have been cut off between an edit and its scoring
-    bar = tqdm(initial=result.n_edits, total=len(requests), desc=f"{spec.name} seq{len(requests)}")
-    for start in range(result.n_edits, len(requests), batch):
+    for start in tqdm(range(result.n_edits, len(requests), batch), desc=f"{spec.name} seq{len(requests)}"):
         call = requests[start: start + batch]
         edited_model, weights_copy, seconds = apply_edit(editor, call)
         result.edit_seconds.extend([seconds / len(call)] * len(call))
@@ -225,8 +213,6 @@ def run_sequential(host, editor, spec, requests, pres, fluency_n, checkpoints,
         result.n_edits = start + len(call)
         save(edited_model, new_state=True)
         score_if_due(edited_model, result.n_edits)
-        bar.update(len(call))
-    bar.close()
     result.costs = meter.summary(spec.adapter.unwrap(edited_model), result.n_edits)
     return result
 

@@ -111,7 +111,7 @@ def rescore_with_em(args, host, spec, hparams, run: RunSpec, requests, out: Path
     editor = open_editor(host, spec, hparams)
     pres = pre_edit(args, host, editor, spec, run, requests)
     spec.adapter.restore(editor.model, final_state_dir(checkpoint_dir(out)), hparams)
-    model = spec.adapter.model_as_host_returns(editor)
+    model = spec.adapter.as_host_returns(editor)
     records = saved["records"]
     for record, request, pre in zip(tqdm(records, desc=f"{spec.name} em"), requests, pres):
         if record["prompt"] != request["prompt"]:
@@ -138,12 +138,11 @@ def open_progress(args, spec, data_set, scenario, hparams, out: Path):
         progress = SequenceCheckpoint(checkpoint_dir(out), _plain(header), spec)
         done = progress.progress["bookkeeping"]["n_edits"] if progress.progress else 0
         if not progress.enabled:
-            print(f"{where}: {spec.alg_name}'s edited state is not saved between edits; a cut-off run starts over",
-                  flush=True)
+            print(f"{where}: {spec.alg_name}'s edited state is not saved between edits; a cut-off run starts over")
     if progress.discarded_reason:
-        print(f"{where}: earlier progress discarded: {progress.discarded_reason}", flush=True)
+        print(f"{where}: earlier progress discarded: {progress.discarded_reason}")
     elif done:
-        print(f"{where}: resuming after {done} finished edits", flush=True)
+        print(f"{where}: resuming after {done} finished edits")
     return progress
 
 
@@ -214,23 +213,22 @@ def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
             saved = json.loads(out.read_text()) if out.is_file() else {}
             done = None if args.force else finished_result(out, run)
             if done and "em" not in saved and final_state_dir(checkpoint_dir(out)).is_dir():
-                print(f"{where}: {done}; adding generation-based scores from its kept state", flush=True)
+                print(f"{where}: {done}; adding generation-based scores from its kept state")
                 write_json(out, rescore_with_em(args, host, spec, hparams, run, requests, out, saved))
                 continue
             if done and "em" in saved:
-                print(f"{where}: skipped, {done} (--force redoes it)", flush=True)
+                print(f"{where}: skipped, {done} (--force redoes it)")
                 continue
             if done:
-                print(f"{where}: redone, it was scored before generation-based scoring", flush=True)
+                print(f"{where}: redone, it was scored before generation-based scoring")
             elif saved.get("status") == "ok":
-                print(f"{where}: redone, its result is of another run ({'; '.join(changed_fields(out, run))})",
-                      flush=True)
+                print(f"{where}: redone, its result is of another run ({'; '.join(changed_fields(out, run))})")
             reason = _skip_reason(args, spec, scenario, args.n)
             if reason:
                 write_json(out, {"status": "skipped", "method": spec.name, "set": data_set,
                                  "scenario": name, "n": args.n, "reason": reason})
                 continue
-            print(f"{where}: start {time.strftime('%H:%M:%S')}", flush=True)
+            print(f"{where}: start {time.strftime('%H:%M:%S')}")
             try:
                 summary, progress = run_one(args, host, spec, hparams, hparams_file, data_set, scenario,
                                             requests, out, run)
@@ -242,5 +240,5 @@ def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
                 progress.done()
             print(f"{where}: rel={summary['rel']} gen={summary['gen']} "
                   f"loc={summary['loc']} port={summary['port']} s/edit={summary['seconds_per_edit']:.2f} "
-                  f"wall={summary['wall_seconds']:.0f}s", flush=True)
+                  f"wall={summary['wall_seconds']:.0f}s")
     return 1 if failed else 0

@@ -143,7 +143,7 @@ def run_driver(args) -> int:
     while queue or running:
         while queue and len(running) < max(args.jobs, 1):
             method = queue.pop(0)
-            print(f"\n=== {method}: start ({time.strftime('%H:%M:%S')}) ===", flush=True)
+            print(f"\n=== {method}: start ({time.strftime('%H:%M:%S')}) ===")
             running[method] = subprocess.Popen(worker_command(args, method))
         time.sleep(2)
         for method, process in list(running.items()):
@@ -152,17 +152,18 @@ def run_driver(args) -> int:
             del running[method]
             if process.returncode != 0:
                 failures.append(f"{method} (worker exit code {process.returncode})")
-            print(f"=== {method}: done, exit code {process.returncode} ({time.strftime('%H:%M:%S')}) ===", flush=True)
+            print(f"=== {method}: done, exit code {process.returncode} ({time.strftime('%H:%M:%S')}) ===")
             write_report(args, quiet=True)
-    print(f"\nWall time: {(time.time() - started) / 60:.1f} min", flush=True)
+    print(f"\nWall time: {(time.time() - started) / 60:.1f} min")
     write_report(args, quiet=False)
     if failures:
-        print("Failed: " + ", ".join(failures), flush=True)
+        print("Failed: " + ", ".join(failures))
     return 1 if failures else 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # the driver and its workers write one log: whole lines, at once
     if not args.worker:
         return run_driver(args)
     try:

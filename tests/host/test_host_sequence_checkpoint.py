@@ -63,7 +63,7 @@ def test_grace_sequence_resumes_from_its_saved_codebook(model_path, zsre_records
     assert torch.equal(_logits_on(resumed, edited_prompts), _logits_on(running, edited_prompts))
 
     # A resumed sequence is scored through GRACE's wrapper, whose generate() keys on each prompt's last token.
-    scored = METHODS["GRACE"].adapter.model_as_host_returns(resumed)
+    scored = METHODS["GRACE"].adapter.as_host_returns(resumed)
     adapter = next(m for m in resumed.model.modules() if type(m).__name__ == "GRACEAdapter")
     adapter.key_id = 0  # stale, as the bare model would keep it from an earlier prompt
     tokens = resumed.tok(edited_prompts[0], return_tensors="pt")
