@@ -96,21 +96,16 @@ def open_editor(host: Host, spec, hparams):
     return editor
 
 
-def pre_edit_metrics(host: Host, editor, requests: List[dict]) -> List[dict]:
-    """The unedited model's outputs (locality is scored as agreement with them), with its greedy
-    continuations of the locality prompts (EM_LOCALITY)."""
-    return [{**host.compute_edit_quality(editor.model, editor.model_name, editor.hparams, editor.tok, r,
-                                         editor.hparams.device, test_generation=False),
-             EM_LOCALITY: host.locality_continuations(editor.model, editor.tok, r)}
-            for r in tqdm(requests, desc="pre-edit", leave=False)]
-
-
-def add_pre_continuations(host: Host, editor, requests: List[dict], pres: List[dict]) -> bool:
-    """Give pre-edit outputs cached before generation-based scoring their greedy continuations; True if any."""
-    missing = [i for i, pre in enumerate(pres) if EM_LOCALITY not in pre]
-    for i in tqdm(missing, desc="pre-edit continuations", leave=False):
-        pres[i][EM_LOCALITY] = host.locality_continuations(editor.model, editor.tok, requests[i])
-    return bool(missing)
+def pre_edit_metrics(host: Host, editor, requests: List[dict], cached: Optional[List[dict]] = None) -> List[dict]:
+    """The unedited model's outputs (locality is scored as agreement with them) and its greedy continuations
+    of the locality prompts (EM_LOCALITY), added to `cached` outputs made before generation-based scoring."""
+    pres = cached or [host.compute_edit_quality(editor.model, editor.model_name, editor.hparams, editor.tok, r,
+                                                editor.hparams.device, test_generation=False)
+                      for r in tqdm(requests, desc="pre-edit", leave=False)]
+    for pre, request in zip(tqdm(pres, desc="pre-edit continuations", leave=False), requests):
+        if EM_LOCALITY not in pre:
+            pre[EM_LOCALITY] = host.locality_continuations(editor.model, editor.tok, request)
+    return pres
 
 
 def mean_scores(scores: List[dict]) -> dict:

@@ -1,8 +1,6 @@
-"""What a run is (its RunSpec) and the key that finds its finished result.
-
-Every skip, resume and redo decision is one question: does a finished result exist under this run's
-key? The key hashes everything that makes a result: method, data set, scenario, n, the hparams as the
-run resolves them, the data file's hash, the model's fingerprint and how the run is scored.
+"""What a run is (its RunSpec) and the key that finds its finished result: the key hashes all that makes
+a result (method, data set, scenario, n, the hparams as resolved, the data file's hash, the model's
+fingerprint, the scoring), so every skip, resume and redo decision is one question: is it finished under it?
 """
 
 from __future__ import annotations
@@ -11,7 +9,6 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 # Files of a model folder larger than this are fingerprinted by their size and their first and
 # last SAMPLE_BYTES: hashing a 13 GB checkpoint on every start would cost minutes.
@@ -59,20 +56,14 @@ def model_fingerprint(model_dir) -> str:
     return digest.hexdigest()[:16]
 
 
-def finished_result(path: Path, spec: Optional[RunSpec]) -> Optional[str]:
-    """Why the result at `path` is this spec's finished result, or None when the run must be (re)done."""
-    saved = json.loads(path.read_text()) if spec is not None and path.is_file() else {}
-    # A result written before runs had keys is redone: it also lacks the generation-based scores.
-    finished = saved.get("status") == "ok" and saved.get("run_key") == spec.key
-    return "finished under the same run key" if finished else None
+def finished_result(saved: dict, spec: RunSpec) -> bool:
+    """Whether a saved result is this spec's, finished (one from before run keys is redone: it also lacks em)."""
+    return saved.get("status") == "ok" and saved.get("run_key") == spec.key
 
 
-def changed_fields(path: Path, spec: RunSpec) -> list:
+def changed_fields(saved: dict, spec: RunSpec) -> list:
     """What differs between a saved result and this spec, for the 'redone' message."""
-    if not path.is_file():
-        return []
-    saved = json.loads(path.read_text())
-    recorded = dict(saved.get("hparams") or {}, **(saved.get("run_spec") or {}))
-    current = dict(spec.hparams, **{k: v for k, v in spec.as_dict().items() if k != "hparams"})
+    recorded = {**(saved.get("hparams") or {}), **(saved.get("run_spec") or {})}
+    current = {**spec.hparams, **spec.record()["run_spec"]}
     return [f"{k}: {recorded.get(k)!r} -> {v!r}" for k, v in current.items()
             if k in recorded and recorded[k] != v] or ["no run key" if "run_key" not in saved else "run key"]

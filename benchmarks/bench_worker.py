@@ -20,8 +20,8 @@ from bench_host import import_host, metric_functions
 from bench_memory import PeakMemory
 from bench_methods import REPO_ROOT, MethodSpec, load_hparams
 from bench_progress import Journal, SequenceCheckpoint, checkpoint_dir, final_state_dir, journal_path
-from bench_scenarios import (EM_LOCALITY, Host, Scenario, add_pre_continuations, checkpoint_steps, mean_scores,
-                             open_editor, pre_edit_metrics, run_scenario)
+from bench_scenarios import (EM_LOCALITY, Host, Scenario, checkpoint_steps, mean_scores, open_editor,
+                             pre_edit_metrics, run_scenario)
 from bench_spec import RunSpec, changed_fields, finished_result, model_fingerprint
 
 PATH_FIELDS = ("model_name", "stats_dir", "locality_source", "P_loc")
@@ -51,13 +51,11 @@ def pre_edit(args, host: Host, editor, spec: MethodSpec, run: RunSpec, requests)
     # They also depend on the scoring: a method scored by generation has its own.
     mode = "generate" if spec.adapter.scored_by_generation else "teacher"
     path = args.results_dir / "pre_cache" / f"{run.model_fingerprint}__{run.data_sha256}__n{run.n}__{mode}.json"
-    if path.is_file():
-        pres = json.loads(path.read_text())
-        if add_pre_continuations(host, editor, requests, pres):
-            write_json(path, pres)
-        return pres
-    pres = _plain(pre_edit_metrics(host, editor, requests))
-    write_json(path, pres)
+    cached = json.loads(path.read_text()) if path.is_file() else None
+    complete = cached is not None and all(EM_LOCALITY in pre for pre in cached)
+    pres = _plain(pre_edit_metrics(host, editor, requests, cached))
+    if not complete:
+        write_json(path, pres)
     return pres
 
 
@@ -211,18 +209,18 @@ def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
                 failed += _record_failure(out, spec, data_set, name, args.n, err)
                 continue
             saved = json.loads(out.read_text()) if out.is_file() else {}
-            done = None if args.force else finished_result(out, run)
-            if done and "em" not in saved and final_state_dir(checkpoint_dir(out)).is_dir():
-                print(f"{where}: {done}; adding generation-based scores from its kept state")
+            finished = not args.force and finished_result(saved, run)
+            if finished and "em" not in saved and final_state_dir(checkpoint_dir(out)).is_dir():
+                print(f"{where}: finished under the same run key; adding generation-based scores from its kept state")
                 write_json(out, rescore_with_em(args, host, spec, hparams, run, requests, out, saved))
                 continue
-            if done and "em" in saved:
-                print(f"{where}: skipped, {done} (--force redoes it)")
+            if finished and "em" in saved:
+                print(f"{where}: skipped, finished under the same run key (--force redoes it)")
                 continue
-            if done:
+            if finished:
                 print(f"{where}: redone, it was scored before generation-based scoring")
             elif saved.get("status") == "ok":
-                print(f"{where}: redone, its result is of another run ({'; '.join(changed_fields(out, run))})")
+                print(f"{where}: redone, its result is of another run ({'; '.join(changed_fields(saved, run))})")
             reason = _skip_reason(args, spec, scenario, args.n)
             if reason:
                 write_json(out, {"status": "skipped", "method": spec.name, "set": data_set,
