@@ -18,11 +18,15 @@ from safetensors.torch import load_file, save_file
 from easyedit_baft.artifacts import load_edits, save_edits
 from easyedit_baft.hparams import BaFTHyperParams
 from easyedit_baft.layers import get_state
+from easyedit_baft.metrics import mean
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# What a GRACE adapter learns and later edits and scoring read; the rest is rebuilt from hparams.
+GRACE_CODEBOOK_FIELDS = ("keys", "values", "epsilons", "key_labels", "edit_ids", "key_id", "edit_label",
+                         "edit_id", "chosen_key", "iter")
 
 
-# ---- what an edit trains and stores ----------------------------------------------------------
+# ---- what an edit trains and stores, and its saved state -----------------------------------
 def _modules_named(model, class_name: str) -> List[torch.nn.Module]:
     return [m for m in model.modules() if type(m).__name__ == class_name]
 
@@ -47,9 +51,8 @@ def _baft_bytes(model, changed_names) -> int:
 
 def _changed_elements(model, weights_copy) -> int:
     """An in-place weight editor: the elements of the tensors it returned as changed."""
-    if not isinstance(weights_copy, dict):
-        return 0
-    return sum(v.numel() for v in weights_copy.values() if isinstance(v, torch.Tensor))
+    tensors = weights_copy.values() if isinstance(weights_copy, dict) else []
+    return sum(v.numel() for v in tensors if isinstance(v, torch.Tensor))
 
 
 def _changed_bytes(model, changed_names) -> int:
@@ -57,33 +60,6 @@ def _changed_bytes(model, changed_names) -> int:
     return _nbytes(params[n] for n in changed_names if n in params)
 
 
-def _lora(model) -> List[torch.Tensor]:
-    return [p for n, p in model.named_parameters() if "lora_" in n]
-
-
-def _wise_memory(model) -> List[torch.Tensor]:
-    """WISE's side memories: the weight being trained and the ones kept from earlier edits."""
-    tensors = []
-    for adapter in _modules_named(model, "WISEAdapter"):
-        tensors.append(adapter.new_weight)
-        tensors.extend(getattr(adapter, "memory_weight", None) or [])
-    return tensors
-
-
-def _grace_adapter(model):
-    adapters = _modules_named(model, "GRACEAdapter")
-    if len(adapters) != 1:
-        raise ValueError(f"expected one GRACE adapter in the model, found {len(adapters)}")
-    return adapters[0]
-
-
-def _grace_codebook(model) -> List[torch.Tensor]:
-    tensors = [getattr(a, name, None) for a in _modules_named(model, "GRACEAdapter")
-               for name in ("keys", "values", "epsilons")]
-    return [t for t in tensors if isinstance(t, torch.Tensor)]
-
-
-# ---- saved edited state ---------------------------------------------------------------------
 def _save_weights(model, directory: Path, changed_names) -> None:
     params = dict(model.named_parameters())
     directory.mkdir(parents=True, exist_ok=True)
@@ -103,17 +79,35 @@ def _restore_weights(model, directory: Path, hparams) -> None:
             params[name].copy_(value)
 
 
-# What a GRACE adapter learns and later edits and scoring read; the rest is rebuilt from hparams.
-GRACE_CODEBOOK_FIELDS = ("keys", "values", "epsilons", "key_labels", "edit_ids", "key_id", "edit_label",
-                         "edit_id", "chosen_key", "iter")
+def _lora(model) -> List[torch.Tensor]:
+    return [p for n, p in model.named_parameters() if "lora_" in n]
+
+
+def _wise_memory(model) -> List[torch.Tensor]:
+    """WISE's side memories: the weight being trained and the ones kept from earlier edits."""
+    return [t for a in _modules_named(model, "WISEAdapter")
+            for t in [a.new_weight, *(getattr(a, "memory_weight", None) or [])]]
+
+
+def _grace_adapter(model):
+    adapters = _modules_named(model, "GRACEAdapter")
+    if len(adapters) != 1:
+        raise ValueError(f"expected one GRACE adapter in the model, found {len(adapters)}")
+    return adapters[0]
+
+
+def _grace_codebook(model) -> List[torch.Tensor]:
+    tensors = [getattr(a, name, None) for a in _modules_named(model, "GRACEAdapter")
+               for name in ("keys", "values", "epsilons")]
+    return [t for t in tensors if isinstance(t, torch.Tensor)]
 
 
 def _save_grace(model, directory: Path, changed_names) -> None:
     adapter = _grace_adapter(model)
     values = {name: getattr(adapter, name) for name in GRACE_CODEBOOK_FIELDS if hasattr(adapter, name)}
-    codebook = {name: v.detach() if isinstance(v, torch.Tensor) else v for name, v in values.items()}
     directory.mkdir(parents=True, exist_ok=True)
-    torch.save(codebook, directory / "codebook.pt")
+    torch.save({name: v.detach() if isinstance(v, torch.Tensor) else v for name, v in values.items()},
+               directory / "codebook.pt")
 
 
 def _restore_grace(model, directory: Path, hparams) -> None:
@@ -277,5 +271,4 @@ class CostMeter:
         if self.adapter.grown is not None:  # read from what the edits left (GRACE's codebook)
             elements = self.adapter.grown(model)
             return {"params_per_edit": elements / max(n_edits, 1), "edit_bytes": size, "codebook_elements": elements}
-        mean = sum(self.per_edit_params) / len(self.per_edit_params) if self.per_edit_params else None
-        return {"params_per_edit": mean, "edit_bytes": size}
+        return {"params_per_edit": mean(self.per_edit_params), "edit_bytes": size}

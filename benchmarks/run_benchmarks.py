@@ -3,12 +3,10 @@
     EASYEDIT_ROOT=/path/to/EasyEdit python benchmarks/run_benchmarks.py \\
         --n 100 --sets zsre counterfact --scenarios single seq100
 
-Each method runs in its own worker process (so its peak memory is its own, and one method's
-failure leaves the others running). Every finished (method, data set, scenario) is written to
-RESULTS/runs/ at once, with its run key (bench_spec.RunSpec: method, data set, scenario, n, resolved
-hparams, data file hash, model fingerprint): running the same command again skips what finished under
-the same key and redoes what was made with anything else (--force redoes it anyway).
-The report (results.json, results.md, plots) is rebuilt after every method.
+Each method runs in its own worker process (its peak memory its own, its failure not the others').
+Each finished (method, data set, scenario) is written to RESULTS/runs/ at once with its run key
+(bench_spec.RunSpec): the same command again skips what finished under the same key and redoes the
+rest (--force: everything). The report (results.json, results.md, plots) is rebuilt after every method.
 """
 
 from __future__ import annotations
@@ -39,37 +37,28 @@ PATH_ARGS = ("data_dir", "baft_hparams", "hparams_dir", "results_dir", "stats_di
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--model", default=EMBEDDED_MODEL_NAME,
-        help="'smollm2-135m' (the embedded model) or a local HF model directory")
-    add("--data-dir", type=Path, default=default_data_dir(),
-        help="folder with the benchmark files (default: ../shared/data from the repo root)")
+    add("--model", default=EMBEDDED_MODEL_NAME, help="the embedded model (smollm2-135m) or a local HF model folder")
+    add("--data-dir", type=Path, default=default_data_dir(), help="the benchmark files (default: ../shared/data)")
     add("--n", type=int, default=100, help="records per data set (the first N)")
     add("--sets", nargs="+", default=["zsre", "counterfact"], choices=sorted(DATA_FILES))
-    add("--scenarios", nargs="+", default=["single", "seq100"],
-        help="single, batchK (e.g. batch10), seqT (e.g. seq100) and seqbatchBxM (e.g. seqbatch100x10)")
-    add("--methods", nargs="+", default=DEFAULT_METHODS, choices=sorted(METHODS),
-        help=f"default: {' '.join(DEFAULT_METHODS)}")
-    add("--baft-hparams", type=Path, default=REPO_ROOT / "hparams" / "BaFT" / "smollm2-135m.yaml",
-        help="BaFT hparams YAML (ReFT and BaFT-noLB are derived from it)")
-    add("--hparams-dir", type=Path, default=REPO_ROOT / "examples" / "hparams",
-        help="host methods' hparams: DIR/<ALG>/<model tag>.yaml (then benchmarks/hparams)")
-    add("--hparams", nargs="*", default=[], metavar="METHOD=PATH",
-        help="hparams file of one method, overriding --hparams-dir")
-    add("--model-tag", default="smollm2-135m", help="file name of hparams under --hparams-dir")
-    add("--stats-dir", type=Path, default=None,
-        help="ROME/MEMIT second-moment stats dir (default: the hparams' own, from the repo root)")
+    add("--scenarios", nargs="+", default=["single", "seq100"], help="single, batchK, seqT or seqbatchBxM")
+    add("--methods", nargs="+", default=DEFAULT_METHODS, choices=sorted(METHODS), help=f"default: {DEFAULT_METHODS}")
+    add("--baft-hparams", type=Path, default=REPO_ROOT / "hparams/BaFT/smollm2-135m.yaml",
+        help="BaFT's YAML (ReFT and BaFT-noLB are derived from it)")
+    add("--hparams-dir", type=Path, default=REPO_ROOT / "examples/hparams",
+        help="the host methods' DIR/ALG/TAG.yaml (then benchmarks/hparams)")
+    add("--hparams", nargs="*", default=[], metavar="METHOD=PATH", help="one method's hparams file, instead")
+    add("--model-tag", default="smollm2-135m", help="TAG: the hparams file name for this model")
+    add("--stats-dir", type=Path, help="ROME/MEMIT second-moment statistics (default: the hparams' own)")
     add("--results-dir", type=Path, default=BENCH_DIR / "results")
-    add("--fluency-n", type=int, default=10,
-        help="score fluency (100 generated tokens) on the first K edits of each scenario")
+    add("--fluency-n", type=int, default=10, help="fluency (100 generated tokens) of a scenario's first K edits")
     add("--checkpoints", type=int, nargs="*", default=[10, 25, 50, 100, 250, 500],
-        help="sequential runs are also scored on all edits so far after these many edits")
+        help="a sequence is also scored on all edits so far after these many")
     add("--scenarios-for", nargs="*", default=[], metavar="METHOD=S1,S2",
-        help="limit a method to some of --scenarios (e.g. ROME=single when time is short); "
-             "the others are recorded as skipped")
+        help="run METHOD in these of --scenarios only (e.g. ROME=single when time is short); the rest is skipped")
     add("--force", action="store_true", help="redo results that already exist")
     add("--jobs", type=int, default=1, help="methods run side by side (one worker process each)")
-    add("--threads", type=int, default=1,
-        help="torch threads per worker (on a shared CPU, more threads than free cores slow it down)")
+    add("--threads", type=int, default=1, help="torch threads per worker (more than the free cores slow it down)")
     add("--worker", metavar="METHOD", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for name in args.scenarios:

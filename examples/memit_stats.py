@@ -1,13 +1,9 @@
 """Second-moment statistics for MEMIT from a local text corpus, in the files the host reads.
 
-MEMIT (and ROME with mom2_adjustment) needs, for each edited layer, E[k k^T] over the inputs k of
-the MLP's output projection. The host computes it from Wikipedia through HF datasets, which an
-offline machine cannot reach; when the file already exists the host loads it and downloads nothing.
-This writes that file from local text: a small-corpus approximation (by default a few thousand
-WikiBio passages and ZsRE train questions, some 50k tokens, where upstream uses 100k Wikipedia
-articles), so MEMIT's numbers on it are indicative, not comparable with published ones. The file is
-STATS_DIR/<model dir name>/<mom2_dataset>_stats/<layer>_<mom2_dtype>_mom2_<mom2_n_samples>.npz with
-keys mom2.mom2 (the d x d moment sum), mom2.count (tokens), mom2.constructor and sample_size.
+MEMIT (and ROME with mom2_adjustment) needs, per edited layer, E[k k^T] over the inputs k of the
+MLP's output projection; the host computes it from Wikipedia, which an offline machine cannot reach,
+unless the file exists. This writes it from local text (by default WikiBio passages and ZsRE train
+questions, some 50k tokens, where upstream uses 100k articles): MEMIT's numbers on it are indicative.
 
     python examples/memit_stats.py --hparams examples/hparams/MEMIT/smollm2-135m.yaml
 """
@@ -43,8 +39,7 @@ class _StopForward(Exception):
 
 
 def statistics_files(hp: dict, stats_dir, model_path: str) -> Dict[str, Path]:
-    """Layer name -> the file the host reads for it; the host names the model folder after the last
-    path component of model.config._name_or_path."""
+    """Layer name -> the file the host's layer_stats reads for it (model folder: the path's last component)."""
     folder = Path(stats_dir) / str(model_path).rstrip("/").rsplit("/")[-1] / f"{hp['mom2_dataset']}_stats"
     names = [hp["rewrite_module_tmp"].format(layer) for layer in hp["layers"]]
     return {name: folder / f"{name}_{hp['mom2_dtype']}_mom2_{hp['mom2_n_samples']}.npz" for name in names}
@@ -121,9 +116,8 @@ def main(argv=None) -> int:
     parser.add_argument("--hparams", type=Path, default=REPO_ROOT / "examples/hparams/MEMIT/smollm2-135m.yaml",
                         help="the MEMIT hparams file: layers, module names, mom2_* and stats_dir come from it")
     parser.add_argument("--model", default=None, help="local HF model directory (default: the embedded SmolLM2)")
-    parser.add_argument("--corpus", type=Path, nargs="+", default=DEFAULT_CORPUS,
-                        help=".txt (a text per line) or .json files (default: WikiBio train + ZsRE train)")
-    parser.add_argument("--stats-dir", default=None, help="default: the hparams' stats_dir, relative to the repo root")
+    parser.add_argument("--corpus", type=Path, nargs="+", default=DEFAULT_CORPUS, help=".txt (a text a line) or .json")
+    parser.add_argument("--stats-dir", help="default: the hparams' stats_dir, relative to the repo root")
     parser.add_argument("--max-tokens", type=int, default=256, help="tokens kept per text")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0, help="which texts are kept when the corpus is larger")
