@@ -1,12 +1,13 @@
-"""Access to the host (an EasyEdit checkout): import, BaFT registration, and its own metric functions."""
+"""The host (an EasyEdit checkout): imported with BaFT registered, and the functions of its own that score."""
 
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from easyedit_baft.metrics import fluency_without_punkt
+from easyedit_baft.metrics import exact_match, fluency_without_punkt, locality_continuations
 
 
 class HostError(RuntimeError):
@@ -27,8 +28,7 @@ def import_host():
     except ImportError as err:
         raise HostError(f"cannot import easyeditor ({err}); set EASYEDIT_ROOT to an EasyEdit checkout (see docs: "
                         "git archive of zjunlp/EasyEdit) and use a venv where its requirements import") from err
-    if hasattr(easyedit_baft, "register_with_host"):
-        easyedit_baft.register_with_host()  # 'BaFT' into ALG_DICT, the restore set and the batch check
+    easyedit_baft.register_with_host()  # 'BaFT' into ALG_DICT, the restore set and the batch check
     from easyeditor.util.alg_dict import ALG_DICT
 
     if "BaFT" not in ALG_DICT:
@@ -36,6 +36,30 @@ def import_host():
                         "of easyedit_baft whose import registers it (easyedit_baft/host.py)")
     fluency_without_punkt()  # the host's fluency needs NLTK data an offline machine may lack
     return easyeditor
+
+
+@dataclass
+class Host:
+    """The host functions a scenario needs, so every definition stays EasyEdit's (tests pass stand-ins)."""
+
+    BaseEditor: object
+    compute_edit_quality: object
+    finalize_locality_metrics: object
+    restore_after_edit: object
+    prepare_requests: object
+    # The project's generation-based scores, applied to every method alike (metrics.exact_match).
+    exact_match: object = exact_match
+    locality_continuations: object = locality_continuations
+
+    @staticmethod
+    def load() -> "Host":
+        """The imported host's editor, evaluation, request builder and restore."""
+        import_host()
+        from easyeditor.editors.editor import BaseEditor, finalize_locality_metrics
+        from easyeditor.editors.utils import _prepare_requests, restore_after_edit
+        from easyeditor.evaluate import compute_edit_quality
+
+        return Host(BaseEditor, compute_edit_quality, finalize_locality_metrics, restore_after_edit, _prepare_requests)
 
 
 def generate_full_length(model) -> None:
@@ -46,14 +70,3 @@ def generate_full_length(model) -> None:
     if config is None:
         raise HostError(f"{type(model).__name__} has no generation_config; cannot turn off its EOS stop")
     config.eos_token_id = None
-
-
-def metric_functions():
-    """The host's evaluation, request builder and restore, so every definition stays EasyEdit's."""
-    from easyeditor.editors.editor import BaseEditor, finalize_locality_metrics
-    from easyeditor.editors.utils import _prepare_requests, restore_after_edit
-    from easyeditor.evaluate import compute_edit_quality
-
-    return dict(BaseEditor=BaseEditor, finalize_locality_metrics=finalize_locality_metrics,
-                prepare_requests=_prepare_requests, restore_after_edit=restore_after_edit,
-                compute_edit_quality=compute_edit_quality)

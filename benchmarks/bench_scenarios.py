@@ -15,11 +15,11 @@ from typing import List, Optional
 
 from tqdm.auto import tqdm
 
-from bench_host import generate_full_length
+from bench_host import Host, generate_full_length
 from bench_memory import current_rss_mb, lifetime_peak_mb
 from bench_methods import CostMeter
 from bench_progress import Journal, SequenceCheckpoint
-from easyedit_baft.metrics import exact_match, locality_continuations, mean, record_scores
+from easyedit_baft.metrics import mean, record_scores
 
 EM_LOCALITY = "em_locality"  # in a pre-edit output: the unedited model's greedy locality continuations
 SCORES = ("rel", "gen", "loc", "port")
@@ -49,20 +49,6 @@ class Scenario:
         if seq:
             return Scenario(name, "seq", int(seq))
         return Scenario(name, "seq", int(seq_batch) * int(calls), int(seq_batch))
-
-
-@dataclass
-class Host:
-    """The host functions a scenario needs (see bench_host.metric_functions)."""
-
-    BaseEditor: object
-    compute_edit_quality: object
-    finalize_locality_metrics: object
-    restore_after_edit: object
-    prepare_requests: object
-    # The project's generation-based scores, applied to every method alike (metrics.exact_match).
-    exact_match: object = exact_match
-    locality_continuations: object = locality_continuations
 
 
 @dataclass

@@ -16,11 +16,11 @@ from tqdm.auto import tqdm
 
 import easyedit_baft.model_loading as model_loading
 from bench_data import build_requests, data_hash, training_loc_prompts
-from bench_host import import_host, metric_functions
+from bench_host import Host
 from bench_memory import PeakMemory
 from bench_methods import REPO_ROOT, MethodSpec, load_hparams
 from bench_progress import Journal, SequenceCheckpoint, checkpoint_dir, final_state_dir, journal_path
-from bench_scenarios import (EM_LOCALITY, Host, Scenario, checkpoint_steps, mean_scores, open_editor,
+from bench_scenarios import (EM_LOCALITY, Scenario, checkpoint_steps, mean_scores, open_editor,
                              pre_edit_metrics, run_scenario)
 from bench_spec import RunSpec, changed_fields, finished_result, model_fingerprint
 
@@ -28,9 +28,7 @@ PATH_FIELDS = ("model_name", "stats_dir", "locality_source", "P_loc")
 
 
 def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    return value.tolist() if isinstance(value, np.ndarray) else str(value)
+    return value.tolist() if isinstance(value, (np.generic, np.ndarray)) else str(value)
 
 
 def _plain(data):
@@ -187,8 +185,7 @@ def _record_failure(out: Path, spec: MethodSpec, data_set: str, scenario: str, n
 
 def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
     torch.set_num_threads(args.threads)
-    import_host()
-    host = Host(**metric_functions())
+    host = Host.load()
     args.model_dir = model_loading.resolve_model_path(args.model)
     model_fp = model_fingerprint(args.model_dir)
     prepare = host.prepare_requests

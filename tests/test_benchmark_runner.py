@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from bench_methods import METHODS, load_hparams  # noqa: E402
 from bench_progress import Journal, SequenceCheckpoint, checkpoint_dir, final_state_dir, journal_path  # noqa: E402
 from bench_report import curve_points, load_runs, table_row  # noqa: E402
-from bench_scenarios import Host, Scenario, run_sequential, run_undone  # noqa: E402
+from bench_host import Host  # noqa: E402
+from bench_scenarios import Scenario, run_sequential, run_undone  # noqa: E402
 from bench_worker import REPO_ROOT, portable_path  # noqa: E402
 
 
@@ -337,8 +338,7 @@ def worker(tmp_path, monkeypatch):
                 restore_after_edit=lambda *a: None,
                 prepare_requests=lambda p, t, g, **k: [{"prompt": q, "target_new": a} for q, a in zip(p, t)],
                 exact_match=fake_exact_match, locality_continuations=lambda *a: {})
-    monkeypatch.setattr(bench_worker, "import_host", lambda: None)
-    monkeypatch.setattr(bench_worker, "metric_functions", lambda: host)
+    monkeypatch.setattr(Host, "load", staticmethod(lambda: Host(**host)))
     monkeypatch.setattr(bench_worker, "load_hparams", load_hparams)
     monkeypatch.setattr(model_loading, "resolve_model_path", lambda name: str(model))
     WorkerEditor.made = []
