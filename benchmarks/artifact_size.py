@@ -2,9 +2,8 @@
 
     python benchmarks/artifact_size.py --hidden 576 4096 --edits 1 10
 
-For each hidden size d: a 2-layer random LLaMA, rank-4 edits at layer 1 growing by 4 per edit,
-saved with save_edits after each count in --edits; prints the two files' bytes, bytes per edit
-and bytes per trained number (3 r d + 2 r per edit). Numbers only; no asserts.
+Per hidden size d, rank-4 edits (growing by 4 each) at layer 1 of a 2-layer random LLaMA, saved after
+each count in --edits: the files' bytes, per edit and per trained number (3 r d + 2 r per edit).
 """
 
 from __future__ import annotations
@@ -14,8 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the one tiny-model module
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]  # this checkout, and the one tiny-model module
 
 import torch  # noqa: E402
 

@@ -17,17 +17,15 @@ TABLE_COLUMNS = ["method", "rel", "gen", "loc", "port", "HM(rel,gen,loc)", "em r
 PLOTTED_SCORES = [("rel", "reliability (rewrite_acc)"), ("gen", "generalization (rephrase_acc)"),
                   ("loc", "locality")]
 PARAMS_SHARE_OF_ROME = 0.01
-METHOD_ORDER = list(METHODS)
+METHOD_RANK = {name: rank for rank, name in enumerate(METHODS)}  # table order; a method not listed comes last
 RUN_FIELDS = ("method", "set", "scenario", "n")  # what names a run, in a result and in a progress header
 
 
-def _scenario_order(name: str) -> tuple:
-    scenario = Scenario.parse(name)
-    return ("single", "batch", "seq").index(scenario.kind), scenario.size, scenario.batch
-
-
-def _method_order(name: str) -> int:
-    return METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER)
+def _table_order(run: dict) -> tuple:
+    """n, set, scenario (single, batches, sequences, each by size), then method as METHODS lists them."""
+    scenario = Scenario.parse(run["scenario"])
+    kind = ("single", "batch", "seq").index(scenario.kind)
+    return run["n"], run["set"], kind, scenario.size, scenario.batch, METHOD_RANK.get(run["method"], len(METHODS))
 
 
 def _partial_of(result_file: Path) -> Optional[dict]:
@@ -77,7 +75,7 @@ def load_runs(results_dir: Path) -> List[dict]:
             with_harmonic_means(run)
             if is_knowedit(run["set"]) and records:
                 run["knowedit"] = knowedit_summary(records)
-    runs.sort(key=lambda r: (r["n"], r["set"], _scenario_order(r["scenario"]), _method_order(r["method"])))
+    runs.sort(key=_table_order)
     return runs
 
 
@@ -238,7 +236,7 @@ def write_plots(runs: List[dict], args) -> List[Path]:
     from matplotlib.ticker import NullFormatter
 
     paths = []
-    methods = sorted({r["method"] for r in runs}, key=_method_order)
+    methods = sorted({r["method"] for r in runs}, key=lambda method: METHOD_RANK.get(method, len(METHODS)))
     for n, data_set in sorted({(r["n"], r["set"]) for r in runs if r["status"] == "ok"}):
         if not any(r["set"] == data_set and r["n"] == n and r["scenario"].startswith("seq") for r in runs):
             continue

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import List
 
@@ -126,25 +127,21 @@ def run_driver(args) -> int:
 
     args.results_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    failures = []
-    # Each worker decides, per data set and scenario, whether a finished result exists under its run key.
-    queue, running = list(args.methods), {}
-    while queue or running:
-        while queue and len(running) < max(args.jobs, 1):
-            method = queue.pop(0)
-            print(f"\n=== {method}: start ({time.strftime('%H:%M:%S')}) ===")
-            running[method] = subprocess.Popen(worker_command(args, method))
-        time.sleep(2)
-        for method, process in list(running.items()):
-            if process.poll() is None:
-                continue
-            del running[method]
-            if process.returncode != 0:
-                failures.append(f"{method} (worker exit code {process.returncode})")
-            print(f"=== {method}: done, exit code {process.returncode} ({time.strftime('%H:%M:%S')}) ===")
-            write_report(args, quiet=True)
+
+    def run_worker(method: str) -> int:
+        # Each worker decides, per data set and scenario, whether a finished result exists under its run key.
+        print(f"\n=== {method}: start ({time.strftime('%H:%M:%S')}) ===")
+        code = subprocess.run(worker_command(args, method)).returncode
+        print(f"=== {method}: done, exit code {code} ({time.strftime('%H:%M:%S')}) ===")
+        return code
+
+    with ThreadPoolExecutor(max(args.jobs, 1)) as pool:
+        codes = {method: pool.submit(run_worker, method) for method in args.methods}
+        for _ in as_completed(codes.values()):
+            write_report(args, quiet=True)  # the report so far, after every method
     print(f"\nWall time: {(time.time() - started) / 60:.1f} min")
     write_report(args, quiet=False)
+    failures = [f"{method} (worker exit code {code.result()})" for method, code in codes.items() if code.result()]
     if failures:
         print("Failed: " + ", ".join(failures))
     return 1 if failures else 0
