@@ -37,10 +37,9 @@ def data_file(data_dir: Path, name: str) -> Path:
         raise ValueError(f"unknown data set {name!r}; choose from {sorted(DATA_FILES)}")
     path = data_dir / DATA_FILES[name]
     if not path.is_file():
-        raise FileNotFoundError(
-            f"data set {name!r}: {path} does not exist; the benchmark sets are not shipped with the package: put "
-            f"{DATA_FILES[name]} under ../shared/data beside the repository (the default; easyedit_baft/data/"
-            "PROVENANCE.md names its source), or pass --data-dir pointing at the folder that holds it")
+        raise FileNotFoundError(f"data set {name!r}: {path} does not exist (the sets are not shipped: put "
+                                f"{DATA_FILES[name]} under ../shared/data, easyedit_baft/data/PROVENANCE.md names its "
+                                "source), or pass --data-dir pointing at the folder that holds it")
     return path
 
 

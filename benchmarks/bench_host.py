@@ -28,14 +28,10 @@ def import_host():
     except ImportError as err:
         raise HostError(f"cannot import easyeditor ({err}); set EASYEDIT_ROOT to an EasyEdit checkout (see docs: "
                         "git archive of zjunlp/EasyEdit) and use a venv where its requirements import") from err
-    easyedit_baft.register_with_host()  # 'BaFT' into ALG_DICT, the restore set and the batch check
-    from easyeditor.util.alg_dict import ALG_DICT
-
-    if "BaFT" not in ALG_DICT:
-        raise HostError("'BaFT' is not in easyeditor's ALG_DICT after `import easyedit_baft`; install a version "
-                        "of easyedit_baft whose import registers it (easyedit_baft/host.py)")
+    if not easyedit_baft.register_with_host():  # 'BaFT' into ALG_DICT, the restore set and the batch check
+        raise HostError("'BaFT' is not in easyeditor's ALG_DICT after registering it; install a version of "
+                        "easyedit_baft whose registration covers this EasyEdit (easyedit_baft/host.py)")
     fluency_without_punkt()  # the host's fluency needs NLTK data an offline machine may lack
-    return easyeditor
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 from pathlib import Path
@@ -13,8 +14,8 @@ def lifetime_peak_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def _status_mb(field: str):
-    """A /proc/self/status memory field in MB (Linux; None elsewhere)."""
+def status_mb(field: str):
+    """A memory field of /proc/self/status in MB (VmRSS: resident now, VmHWM: its peak); None off Linux."""
     try:
         lines = Path("/proc/self/status").read_text().splitlines()
     except OSError:
@@ -22,24 +23,17 @@ def _status_mb(field: str):
     return next((int(line.split()[1]) / 1024 for line in lines if line.startswith(field + ":")), None)
 
 
-def current_rss_mb():
-    """Resident memory now: what a long run's flat memory is judged on."""
-    return _status_mb("VmRSS")
-
-
-class PeakMemory:
-    """Peak RSS within a `with` block: getrusage never resets, so after a first scenario it would report
-    that scenario's peak for every later one; Linux lets a process reset its high-water mark (clear_refs = 5)."""
-
-    def __enter__(self):
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-            self.block_peak_supported = True
-        except OSError:
-            self.block_peak_supported = False
-        return self
-
-    def __exit__(self, *exc):
-        block_peak = _status_mb("VmHWM") if self.block_peak_supported else None
-        self.report = {"block_peak_mb": block_peak, "getrusage_peak_mb": lifetime_peak_mb()}
-        return False
+@contextlib.contextmanager
+def peak_memory():
+    """The peak RSS within a `with` block, in the dict it yields: getrusage never resets, so after a first
+    scenario it would report that one's peak for every later one; Linux lets a process reset its own
+    high-water mark (clear_refs = 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        block_peak_supported = True
+    except OSError:
+        block_peak_supported = False
+    report = {}
+    yield report
+    report.update(block_peak_mb=status_mb("VmHWM") if block_peak_supported else None,
+                  getrusage_peak_mb=lifetime_peak_mb())

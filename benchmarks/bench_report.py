@@ -61,13 +61,12 @@ def with_harmonic_means(run: dict) -> dict:
 def load_runs(results_dir: Path) -> List[dict]:
     """Every result under RESULTS/runs/n*/set/scenario/ (several N may coexist); a run not finished is
     shown from its journal or sequence checkpoint, as partial, unless a finished result exists."""
-    runs = []
-    for path in sorted((results_dir / "runs").glob("n*/*/*/*.json")):
-        run = json.loads(path.read_text())
-        runs.append(run if run.get("status") == "ok" else _partial_of(path) or run)
-    for partial in sorted((results_dir / "runs").glob("n*/*/*/*.partial*")):
-        result_file = partial.with_name(partial.name.split(".partial")[0] + ".json")
-        run = None if result_file.is_file() else _partial_of(result_file)
+    runs, folder = [], results_dir / "runs"
+    result_files = {*folder.glob("n*/*/*/*.json"),  # and those that a run under way has not written yet
+                    *(p.with_name(p.name.split(".partial")[0] + ".json") for p in folder.glob("n*/*/*/*.partial*"))}
+    for path in sorted(result_files):
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+        run = saved if saved.get("status") == "ok" else _partial_of(path) or saved
         runs.extend([run] if run else [])
     for run in runs:
         records = run.pop("records", None)  # per-request scores stay in runs/

@@ -16,7 +16,7 @@ from typing import List, Optional
 from tqdm.auto import tqdm
 
 from bench_host import Host, generate_full_length
-from bench_memory import current_rss_mb, lifetime_peak_mb
+from bench_memory import lifetime_peak_mb, status_mb
 from bench_methods import CostMeter
 from bench_progress import Journal, SequenceCheckpoint
 from easyedit_baft.metrics import mean, record_scores
@@ -172,7 +172,7 @@ def run_sequential(host, editor, spec, requests, pres, fluency_n, checkpoints,
         since = result.checkpoints[-1]["edits"] if result.checkpoints else 0
         cost = {"seconds_per_edit": mean(result.edit_seconds[:k]),
                 "seconds_per_edit_since_last": mean(result.edit_seconds[since:k]),
-                "peak_rss_mb": lifetime_peak_mb(), "rss_mb": current_rss_mb()}
+                "peak_rss_mb": lifetime_peak_mb(), "rss_mb": status_mb("VmRSS")}
         pairs = tqdm(list(zip(requests[:k], pres[:k])), desc=f"score {k} edits", leave=False)
         metrics = [evaluate(host, editor, model, r, p, fluency=final and i < fluency_n)
                    for i, (r, p) in enumerate(pairs)]

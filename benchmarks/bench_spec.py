@@ -47,12 +47,10 @@ def model_fingerprint(model_dir) -> str:
         size = path.stat().st_size
         digest.update(f"{path.relative_to(model_dir)}:{size}\n".encode())
         with path.open("rb") as handle:
-            if size <= 2 * SAMPLE_BYTES:
-                digest.update(handle.read())
-            else:
+            if size > 2 * SAMPLE_BYTES:  # its first SAMPLE_BYTES, then from its last ones
                 digest.update(handle.read(SAMPLE_BYTES))
                 handle.seek(size - SAMPLE_BYTES)
-                digest.update(handle.read())
+            digest.update(handle.read())
     return digest.hexdigest()[:16]
 
 

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 import easyedit_baft.model_loading as model_loading
 from bench_data import build_requests, data_hash, training_loc_prompts
 from bench_host import Host
-from bench_memory import PeakMemory
+from bench_memory import peak_memory
 from bench_methods import REPO_ROOT, MethodSpec, load_hparams
 from bench_progress import Journal, SequenceCheckpoint, checkpoint_dir, final_state_dir, journal_path
 from bench_scenarios import (EM_LOCALITY, Scenario, checkpoint_steps, mean_scores, open_editor,
@@ -81,27 +81,6 @@ def hparams_record(hparams) -> dict:
     return _plain(fields)
 
 
-def summarise(spec, scenario, data_set, args, result, peak, hparams, hparams_file, seconds, run, requests) -> dict:
-    edit_seconds = result.edit_seconds
-    return {
-        "status": "ok", **run.record(), "method": spec.name, "alg_name": spec.alg_name, "set": data_set,
-        "scenario": scenario.name, "n": args.n, "n_edits": result.n_edits,
-        "n_scored": len(result.records), **mean_scores(result.records),
-        "seconds_per_edit": float(np.mean(edit_seconds)) if edit_seconds else None,
-        "edit_seconds_total": float(np.sum(edit_seconds)), "wall_seconds": seconds,
-        **result.costs,
-        "peak_mb": peak.get("block_peak_mb") or peak.get("getrusage_peak_mb"), "memory": peak,
-        "checkpoints": result.checkpoints, "hparams_file": portable_path(hparams_file),
-        "hparams": hparams_record(hparams), "fluency_n": min(args.fluency_n, len(result.records)),
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        # Records or edits taken from an earlier, cut-off run: wall_seconds includes theirs, peak memory not.
-        "resumed_records": result.resumed,
-        # Per request its text and its scores (the host's full metric dicts are large).
-        "records": [{"prompt": r["prompt"], "target_new": r["target_new"], **scores}
-                    for scores, r in zip(result.records, requests)],
-    }
-
-
 def rescore_with_em(args, host, spec, hparams, run: RunSpec, requests, out: Path, saved: dict) -> dict:
     """A finished sequence's result with `em` added, scored on its kept final state (nothing edited again)."""
     editor = open_editor(host, spec, hparams)
@@ -143,18 +122,33 @@ def open_progress(args, spec, data_set, scenario, hparams, out: Path):
 
 
 def run_one(args, host, spec, hparams, hparams_file, data_set, scenario, requests, out: Path, run: RunSpec):
-    """Fresh model, pre-edit outputs, the scenario; returns the summary dict and the run's progress."""
+    """Fresh model, pre-edit outputs, the scenario; returns the result to save and the run's progress."""
     started = time.time()
     progress = open_progress(args, spec, data_set, scenario, hparams, out)
-    with PeakMemory() as peak:
+    with peak_memory() as memory:
         editor = open_editor(host, spec, hparams)
         pres = pre_edit(args, host, editor, spec, run, requests)
         result = run_scenario(host, editor, spec, scenario, requests, pres, args.fluency_n, args.checkpoints,
                               progress)
     del editor
-    summary = summarise(spec, scenario, data_set, args, result, peak.report, hparams, hparams_file,
-                        time.time() - started + result.resumed_seconds, run, requests)
-    return summary, progress
+    edit_seconds = result.edit_seconds
+    return {
+        "status": "ok", **run.record(), "method": spec.name, "alg_name": spec.alg_name, "set": data_set,
+        "scenario": scenario.name, "n": args.n, "n_edits": result.n_edits,
+        "n_scored": len(result.records), **mean_scores(result.records),
+        "seconds_per_edit": float(np.mean(edit_seconds)) if edit_seconds else None,
+        "edit_seconds_total": float(np.sum(edit_seconds)),
+        "wall_seconds": time.time() - started + result.resumed_seconds, **result.costs,
+        "peak_mb": memory.get("block_peak_mb") or memory.get("getrusage_peak_mb"), "memory": memory,
+        "checkpoints": result.checkpoints, "hparams_file": portable_path(hparams_file),
+        "hparams": hparams_record(hparams), "fluency_n": min(args.fluency_n, len(result.records)),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        # Records or edits taken from an earlier, cut-off run: wall_seconds includes theirs, peak memory not.
+        "resumed_records": result.resumed,
+        # Per request its text and its scores (the host's full metric dicts are large).
+        "records": [{"prompt": r["prompt"], "target_new": r["target_new"], **scores}
+                    for scores, r in zip(result.records, requests)],
+    }, progress
 
 
 def run_spec(args, spec: MethodSpec, hparams, data_set: str, scenario: Scenario, data_sha: str, model_fp: str):
