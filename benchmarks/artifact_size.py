@@ -6,8 +6,6 @@ Per hidden size d, rank-4 edits (growing by 4 each) at layer 1 of a 2-layer rand
 each count in --edits: the files' bytes, per edit and per trained number (3 r d + 2 r per edit).
 """
 
-from __future__ import annotations
-
 import argparse
 import sys
 import tempfile

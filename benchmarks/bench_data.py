@@ -5,8 +5,6 @@ built by the host's own `_prepare_requests`. Only prompt, target_new and subject
 rephrase, locality and portability are evaluation fields and never reach training.
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 from pathlib import Path
@@ -25,11 +23,6 @@ DATA_FILES: Dict[str, str] = {
 }
 # Training-time unrelated prompts (WISE's loc_prompts): the ZsRE TRAIN split, disjoint from every eval set.
 LOC_PROMPT_FILE = "zsre/zsre_mend_train-1k.json"
-
-
-def is_knowedit(name: str) -> bool:
-    """KnowEdit sets are also summarised KnowEdit's way (Edit Succ, Portability, Locality, Fluency)."""
-    return name.startswith("knowedit")
 
 
 def data_file(data_dir: Path, name: str) -> Path:

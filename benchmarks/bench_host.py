@@ -1,7 +1,5 @@
 """The host (an EasyEdit checkout): imported with BaFT registered, and the functions of its own that score."""
 
-from __future__ import annotations
-
 import os
 import sys
 from dataclasses import dataclass

@@ -1,7 +1,5 @@
 """Peak resident memory of this process: over its lifetime (getrusage) and over one block of work."""
 
-from __future__ import annotations
-
 import contextlib
 import resource
 import sys

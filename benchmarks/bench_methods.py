@@ -2,8 +2,6 @@
 (its hparams class, how its edited model is unwrapped, what an edit trains and stores, how its edited
 state is saved between edits); nowhere else does the runner test a method's name."""
 
-from __future__ import annotations
-
 import dataclasses
 import importlib
 import sys

@@ -6,8 +6,6 @@ sequence is made on the model as the k-1 before it left it, so after every call 
 templates; a method whose adapter has no save keeps state this does not reach: its sequences start over.
 """
 
-from __future__ import annotations
-
 import json
 import shutil
 from pathlib import Path

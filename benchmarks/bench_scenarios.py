@@ -5,8 +5,6 @@ from its `compute_edit_quality` + `finalize_locality_metrics`. A sequence is sco
 far (not each right after it is made, as the host's sequential mode does): do earlier edits still hold?
 """
 
-from __future__ import annotations
-
 import copy
 import re
 import time

@@ -3,8 +3,6 @@ a result (method, data set, scenario, n, the hparams as resolved, the data file'
 fingerprint, the scoring), so every skip, resume and redo decision is one question: is it finished under it?
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 from dataclasses import asdict, dataclass

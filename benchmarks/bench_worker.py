@@ -1,7 +1,5 @@
 """One method's share of a benchmark run: every data set and scenario, each saved as soon as it ends."""
 
-from __future__ import annotations
-
 import functools
 import itertools
 import json

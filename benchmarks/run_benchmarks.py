@@ -9,8 +9,6 @@ Each finished (method, data set, scenario) is written to RESULTS/runs/ at once w
 rest (--force: everything). The report (results.json, results.md, plots) is rebuilt after every method.
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 import subprocess
@@ -88,10 +86,9 @@ def parse_scenario_limits(parser, args) -> dict:
     for item in args.scenarios_for:
         method, _, names = item.partition("=")
         chosen = [n for n in names.split(",") if n]
-        if method not in METHODS:
-            parser.error(f"--scenarios-for {item!r}: unknown method {method!r}; use one of {sorted(METHODS)}")
-        if not chosen or any(n not in args.scenarios for n in chosen):
-            parser.error(f"--scenarios-for {item!r}: give scenarios from --scenarios {args.scenarios}, comma-separated")
+        if method not in METHODS or not chosen or any(n not in args.scenarios for n in chosen):
+            parser.error(f"--scenarios-for {item!r}: give METHOD=S1,S2 with METHOD one of {sorted(METHODS)} and "
+                         f"the scenarios among --scenarios {args.scenarios}")
         limits[method] = chosen
     return limits
 

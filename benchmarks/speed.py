@@ -8,8 +8,6 @@ on one 32-token row); the cost of edit k of a sequence against edit 1; the cost 
 Numbers only. --package-root measures another checkout of easyedit_baft (an older version).
 """
 
-from __future__ import annotations
-
 import argparse
 import json
 import statistics

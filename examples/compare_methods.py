@@ -7,8 +7,6 @@ numbers and the table are those the runner reports (teacher-forced, and generati
     EASYEDIT_ROOT=/path/to/EasyEdit python examples/compare_methods.py --n 20 --set zsre
 """
 
-from __future__ import annotations
-
 import argparse
 import sys
 from pathlib import Path

@@ -8,8 +8,6 @@ questions, some 50k tokens, where upstream uses 100k articles): MEMIT's numbers 
     python examples/memit_stats.py --hparams examples/hparams/MEMIT/smollm2-135m.yaml
 """
 
-from __future__ import annotations
-
 import argparse
 import contextlib
 import json
