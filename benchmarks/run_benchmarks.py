@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import List
@@ -147,13 +146,7 @@ def run_driver(args) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # the driver and its workers write one log: whole lines, at once
-    if not args.worker:
-        return run_driver(args)
-    try:
-        return worker(args)
-    except Exception:
-        traceback.print_exc()
-        return 1
+    return worker(args) if args.worker else run_driver(args)  # a worker's uncaught error: traceback, exit code 1
 
 
 if __name__ == "__main__":
