@@ -2,6 +2,7 @@
 
     Phi(h) = h + R^T ( g(h) * (W h + b - R h) )
     g(h)   = sigmoid( (U h + c) / tau ),  h RMS-normalised first when gate_input_norm is on
+    g_i(h) = 0 for a frozen basis i whose g_i(h) <= gate_floor (the trainable block stays smooth)
 
 R (r x d) has orthonormal rows within each block of bases. With g == 1 this is LoReFT (Wu et al., 2024).
 Continual editing grows the rank in blocks: grow(k) freezes every basis so far and adds k trainable ones,
@@ -53,6 +54,7 @@ class BaFTIntervention(nn.Module):
         gate_mode: str = "learned",
         generator: torch.Generator | None = None,
         gate_input_norm: bool = True,
+        gate_floor: float = 0.0,
     ):
         super().__init__()
         if rank > hidden_size:
@@ -60,7 +62,7 @@ class BaFTIntervention(nn.Module):
         self.hidden_size = hidden_size
         self.temperature, self.gate_mode = float(temperature), gate_mode
         self.gate_init_bias, self.gate_init_std = gate_init_bias, gate_init_std
-        self.gate_input_norm = gate_input_norm
+        self.gate_input_norm, self.gate_floor = gate_input_norm, float(gate_floor)
         self.n_frozen = 0  # bases frozen by grow(); the trainable block follows them
         for name in FROZEN_BUFFERS:
             self.register_buffer(name, None)
@@ -138,10 +140,17 @@ class BaFTIntervention(nn.Module):
             h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
         return torch.sigmoid((h @ U.T + c) / self.temperature)
 
+    def _closed_below_floor(self, g: torch.Tensor, trainable_only: bool) -> torch.Tensor:
+        # Many frozen edits each barely open add up to a shift of every input; shut them exactly.
+        if self.gate_floor <= 0 or trainable_only or self.n_frozen == 0:
+            return g
+        frozen = g[..., :self.n_frozen]
+        return torch.cat([frozen * (frozen > self.gate_floor), g[..., self.n_frozen:]], -1)
+
     def gates(self, h: torch.Tensor, trainable_only: bool = False) -> torch.Tensor:
-        """g(h) in (0, 1)^r for every position of h (..., d); trainable_only: the trainable block's."""
+        """g(h) in [0, 1)^r for every position of h (..., d); trainable_only: the trainable block's."""
         _, _, _, U, c = self._bases(trainable_only)
-        return self._gates(h.to(torch.float32), U, c)
+        return self._closed_below_floor(self._gates(h.to(torch.float32), U, c), trainable_only)
 
     def change(self, h: torch.Tensor, record: bool = False, trainable_only: bool = False) -> torch.Tensor:
         """Phi(h) - h in float32: R^T (g(h) * (W h + b - R h)); trainable_only: the trainable block's part."""
@@ -149,7 +158,7 @@ class BaFTIntervention(nn.Module):
         R, W, b, U, c = self._bases(trainable_only)
         # (W - R) h + b equals W h + b - R h, and is exactly zero when W == R and b == 0.
         coords = x @ (W - R).T + b
-        g = self._gates(x, U, c)
+        g = self._closed_below_floor(self._gates(x, U, c), trainable_only)
         if record:
             self.last_gates = g
         return (g * coords) @ R

@@ -428,7 +428,7 @@ def build_interventions(model, hp: BaFTHyperParams) -> Dict[int, plumbing.BaFTIn
     return {
         i: plumbing.BaFTIntervention(
             d, hp.rank, hp.gate_temperature, hp.gate_init_bias, hp.gate_init_std, hp.gate, generator,
-            hp.gate_input_norm,
+            hp.gate_input_norm, hp.gate_floor,
         )
         for i in hp.layers
     }

@@ -140,3 +140,25 @@ def test_R_stays_orthonormal_after_training(tok):
         R = module.R.detach()
         assert not torch.allclose(R, initial[i], atol=1e-3)  # training did rotate R
         assert_orthonormal_rows(R)
+
+
+def test_gate_floor_shuts_frozen_bases_only_where_they_barely_open():
+    floor = 0.3
+    module = randomised(BaFTIntervention(D, R_, gate_floor=floor))
+    module.grow(R_)  # the randomised bases are now frozen; a fresh trainable block follows them
+    randomised(module)
+    h = hidden(2, 5, D)
+    smooth = module._gates(h, *module._bases()[3:])
+    gates = module.gates(h)
+    frozen, block = gates[..., :R_], gates[..., R_:]
+    assert ((smooth[..., :R_] <= floor) & (smooth[..., :R_] > 0)).any()  # the floor has something to shut
+    torch.testing.assert_close(frozen, torch.where(smooth[..., :R_] > floor, smooth[..., :R_], 0.0))
+    torch.testing.assert_close(block, smooth[..., R_:])  # the trainable block trains on smooth gates
+    R, W, b, _, _ = module._bases()
+    torch.testing.assert_close(module.change(h), (gates * (h @ (W - R).T + b)) @ R)
+
+
+def test_gate_floor_out_of_range_is_refused():
+    from easyedit_baft.hparams import HParamsError
+    with pytest.raises(HParamsError, match="gate_floor=1.0"):
+        hparams(gate_floor=1.0)

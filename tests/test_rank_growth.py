@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -63,9 +65,10 @@ def grown_hparams():
     return hparams(grow_rank=2, early_stop_waits_for_replay=True)
 
 
-def test_sequential_edits_with_growth_hold_and_leave_earlier_bases_untouched(tok):
+@pytest.mark.parametrize("gate_floor", [0.0, 0.1])
+def test_sequential_edits_with_growth_hold_and_leave_earlier_bases_untouched(tok, gate_floor):
     model = tiny_llama()
-    hp = grown_hparams()
+    hp = dataclasses.replace(grown_hparams(), gate_floor=gate_floor)
     edit(model, tok, REQUESTS[0], hp)
     first = {i: (m.R.detach().clone(), m.source_weight.detach().clone())
              for i, m in plumbing.get_state(model).interventions.items()}

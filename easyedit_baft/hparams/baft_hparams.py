@@ -80,6 +80,8 @@ class BaFTHyperParams(_HostHyperParams):
     gate_init_bias: float = -3.0  # gates start nearly closed, so unrelated inputs start untouched
     gate_init_std: float = 0.0
     gate_input_norm: bool = True  # the gate reads h / rms(h): a project choice, see intervention.py
+    # A frozen basis (an earlier edit, with grow_rank) whose gate is at most this adds nothing there.
+    gate_floor: float = 0.0
 
     # Loss weights: L = L_edit + lambda_loc * L_loc + lambda_lb * L_lb.
     # L_loc = locality_penalty on unrelated prompts + kl_weight * KL to their pre-edit next-token
@@ -250,6 +252,9 @@ def validate(hp: BaFTHyperParams) -> None:
     _check_float(hp, "gate_temperature", 0.0, strictly_above=True)
     _check_float(hp, "gate_init_bias", -math.inf)
     _check_float(hp, "gate_init_std", 0.0)
+    _check_float(hp, "gate_floor", 0.0)
+    if hp.gate_floor >= 1:
+        _fail("gate_floor", hp.gate_floor, "gates are below 1: use 0 <= gate_floor < 1 (0 turns it off)")
     for name in ("lambda_loc", "kl_weight", "lambda_lb"):
         _check_float(hp, name, 0.0)
     if not isinstance(hp.locality_source, str) or not hp.locality_source:
