@@ -24,7 +24,6 @@ GRACE_CODEBOOK_FIELDS = ("keys", "values", "epsilons", "key_labels", "edit_ids",
                          "edit_id", "chosen_key", "iter")
 
 
-# ---- what an edit trains and stores, and its saved state -----------------------------------
 def _modules_named(model, class_name: str) -> List[torch.nn.Module]:
     return [m for m in model.modules() if type(m).__name__ == class_name]
 
@@ -124,7 +123,6 @@ def _grace_as_host_returns(editor):
     return GRACE(config=editor.hparams, model=editor.model, device=editor.hparams.device)
 
 
-# ---- the adapters ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Adapter:
     alg_name: str  # the host's ALG_DICT key

@@ -17,6 +17,10 @@ from bench_methods import MethodSpec
 OTHER_RUN = "its method, data or hparams differ from this run's"
 
 
+def result_path(results_dir: Path, n: int, method: str, data_set: str, scenario: str) -> Path:
+    return results_dir / "runs" / f"n{n}" / data_set / scenario / f"{method}.json"
+
+
 def journal_path(result_file: Path) -> Path:
     return result_file.with_name(result_file.stem + ".partial.jsonl")
 

@@ -83,16 +83,15 @@ def _grouped(runs: List[dict]) -> Dict[tuple, List[dict]]:
     return groups
 
 
-# ---- formatting ------------------------------------------------------------------------------
 COUNT_UNITS = (("M", 1e6), ("k", 1e3), ("", 1))
 BYTE_UNITS = ((" MB", 1024 ** 2), (" KB", 1024), (" B", 1))
 
 
-def _pct(value) -> str:
+def pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def _num(value, digits=2) -> str:
+def num(value, digits=2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
@@ -118,16 +117,16 @@ def table_row(run: dict) -> List[str]:
         why = run.get("reason") or run.get("error") or run.get("status")
         note = f"{run.get('status')}: {why}"[:200]
     elif run["status"] == "partial" and "n_edits" in run:
-        scored = ", ".join(f"after {c['edits']}: {_pct(c['rel'])} / {_pct(c['gen'])} / {_pct(c['loc'])}"
+        scored = ", ".join(f"after {c['edits']}: {pct(c['rel'])} / {pct(c['gen'])} / {pct(c['loc'])}"
                            for c in run["checkpoints"])
         note = (f"partial: {run['n_edits']} of {Scenario.parse(run['scenario']).size} edits made; "
                 f"rel / gen / loc {scored or 'not yet scored'}")
     else:
         name = run["method"] if run["status"] == "ok" else f"{run['method']} (partial: {run['n_scored']}/{run['n']})"
         em = run.get("em") or {}
-        return [name, *[_pct(run[k]) for k in SCORES], _pct(run["hm"]), *[_pct(em.get(k)) for k in SCORES],
-                _pct(run.get("em_hm")), _num(run["fluency"]), _num(run["seconds_per_edit"]),
-                _scaled(run.get("params_per_edit"), COUNT_UNITS), _num(run.get("peak_mb"), 0),
+        return [name, *[pct(run[k]) for k in SCORES], pct(run["hm"]), *[pct(em.get(k)) for k in SCORES],
+                pct(run.get("em_hm")), num(run["fluency"]), num(run["seconds_per_edit"]),
+                _scaled(run.get("params_per_edit"), COUNT_UNITS), num(run.get("peak_mb"), 0),
                 _scaled(run.get("edit_bytes"), BYTE_UNITS)]
     return [run["method"], note] + [""] * (len(TABLE_COLUMNS) - 2)
 
@@ -169,9 +168,9 @@ def knowedit_table(rows: List[dict]) -> List[str]:
     for run in rows:
         k = run["knowedit"]
         fluency = None if k["fluency"] is None else 100 * k["fluency"]
-        cells = ([table_row(run)[0], _pct(k["edit_succ"]), _pct(k["portability"])]
-                 + [_pct(k["portability_kinds"].get(n)) for n in port_kinds] + [_pct(k["locality"])]
-                 + [_pct(k["locality_kinds"].get(n)) for n in loc_kinds] + [_num(fluency, 1), _pct(k["hm"])])
+        cells = ([table_row(run)[0], pct(k["edit_succ"]), pct(k["portability"])]
+                 + [pct(k["portability_kinds"].get(n)) for n in port_kinds] + [pct(k["locality"])]
+                 + [pct(k["locality_kinds"].get(n)) for n in loc_kinds] + [num(fluency, 1), pct(k["hm"])])
         lines.append(markdown_row(cells))
     return lines + [""]
 
@@ -194,8 +193,8 @@ def check_targets(runs: List[dict]) -> List[str]:
             best_rival = max(r[field] for r in rivals)
             # A tie (e.g. every method at 0) is not "highest": it is reported as such.
             verdict = "met" if baft[field] > best_rival else ("tie" if baft[field] == best_rival else "NOT MET")
-            others = ", ".join(f"{r['method']} {_pct(r[field])}" for r in rivals)
-            lines.append(f"[{verdict:7}] {where}: BaFT {label} {_pct(baft[field])} highest? vs {others}{note}")
+            others = ", ".join(f"{r['method']} {pct(r[field])}" for r in rivals)
+            lines.append(f"[{verdict:7}] {where}: BaFT {label} {pct(baft[field])} highest? vs {others}{note}")
         if baft and rome:
             b, r = baft["seconds_per_edit"], rome["seconds_per_edit"]
             lines.append(f"[{'met' if b <= r else 'NOT MET':7}] {where}: BaFT s/edit {b:.2f} <= ROME {r:.2f}")
@@ -207,7 +206,6 @@ def check_targets(runs: List[dict]) -> List[str]:
     return lines
 
 
-# ---- plots ------------------------------------------------------------------------------------
 def curve_points(runs: List[dict], n: int, data_set: str, method: str) -> Dict[str, List[tuple]]:
     """(number of edits, score) per score: single is 1 edit; seqT gives its checkpoints."""
     points = {key: [] for key, _ in PLOTTED_SCORES}

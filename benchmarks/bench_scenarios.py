@@ -5,16 +5,19 @@ from its `compute_edit_quality` + `finalize_locality_metrics`. A sequence is sco
 far (not each right after it is made, as the host's sequential mode does): do earlier edits still hold?
 """
 
+import contextlib
 import copy
 import re
+import resource
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import List, Optional
 
 from tqdm.auto import tqdm
 
 from bench_host import Host, generate_full_length
-from bench_memory import lifetime_peak_mb, status_mb
 from bench_methods import CostMeter
 from bench_progress import Journal, SequenceCheckpoint
 from easyedit_baft.metrics import mean, record_scores
@@ -60,7 +63,37 @@ class ScenarioResult:
     resumed_seconds: float = 0.0  # the wall time that cut-off run spent on them
 
 
-# ---- evaluation ----------------------------------------------------------------------------
+def lifetime_peak_mb() -> float:
+    """ru_maxrss: the process's peak RSS so far (KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def status_mb(field: str):
+    """A memory field of /proc/self/status in MB (VmRSS: resident now, VmHWM: its peak); None off Linux."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    return next((int(line.split()[1]) / 1024 for line in lines if line.startswith(field + ":")), None)
+
+
+@contextlib.contextmanager
+def peak_memory():
+    """The peak RSS within a `with` block, in the dict it yields: getrusage never resets, so after a first
+    scenario it would report that one's peak for every later one; Linux lets a process reset its own
+    high-water mark (clear_refs = 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        block_peak_supported = True
+    except OSError:
+        block_peak_supported = False
+    report = {}
+    yield report
+    report.update(block_peak_mb=status_mb("VmHWM") if block_peak_supported else None,
+                  getrusage_peak_mb=lifetime_peak_mb())
+
+
 def evaluate(host: Host, editor, model, request: dict, pre: dict, fluency: bool) -> dict:
     """Scores of one request on `model`, two ways: the host's teacher-forced metrics (locality against
     `pre`), and generation-based exact match as `em` (locality against pre's greedy continuations)."""
@@ -99,7 +132,6 @@ def mean_scores(scores: List[dict]) -> dict:
     return means
 
 
-# ---- editing -------------------------------------------------------------------------------
 def apply_edit(editor, requests: List[dict]):
     """One call of the method, exactly as the host's BaseEditor.edit makes it; returns (model, copy, seconds)."""
     start = time.perf_counter()

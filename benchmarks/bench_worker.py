@@ -1,11 +1,18 @@
-"""One method's share of a benchmark run: every data set and scenario, each saved as soon as it ends."""
+"""One method's share of a benchmark run: every data set and scenario, each saved as soon as it ends.
+
+What a run is, its RunSpec, hashes into the key that finds its finished result: method, data set,
+scenario, n, the hparams as resolved, the data file's hash, the model's fingerprint and the scoring.
+Every skip, resume and redo decision is one question: did it finish under this key?
+"""
 
 import functools
+import hashlib
 import itertools
 import json
 import os
 import time
 import traceback
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +22,63 @@ from tqdm.auto import tqdm
 import easyedit_baft.model_loading as model_loading
 from bench_data import build_requests, data_hash, training_loc_prompts
 from bench_host import Host
-from bench_memory import peak_memory
-from bench_methods import REPO_ROOT, MethodSpec, load_hparams
-from bench_progress import Journal, SequenceCheckpoint, checkpoint_dir, final_state_dir, journal_path
-from bench_scenarios import (EM_LOCALITY, Scenario, checkpoint_steps, mean_scores, open_editor,
-                             pre_edit_metrics, run_scenario)
-from bench_spec import RunSpec, changed_fields, finished_result, model_fingerprint
+from bench_methods import METHODS, REPO_ROOT, MethodSpec, hparams_file, load_hparams
+from bench_progress import Journal, SequenceCheckpoint, checkpoint_dir, final_state_dir, journal_path, result_path
+from bench_report import num, pct
+from bench_scenarios import EM_LOCALITY, SCORES, Scenario, checkpoint_steps, mean_scores, open_editor, peak_memory, \
+    pre_edit_metrics, run_scenario
 
 PATH_FIELDS = ("model_name", "stats_dir", "locality_source", "P_loc")
+# Files of a model folder larger than this are fingerprinted by their size and their first and
+# last SAMPLE_BYTES: hashing a 13 GB checkpoint on every start would cost minutes.
+SAMPLE_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    method: str
+    data_set: str
+    scenario: str
+    n: int
+    hparams: dict  # as the run resolves them (hparams_record)
+    data_sha256: str
+    model_fingerprint: str
+    protocol: dict  # how it is scored: fluency_n, and a sequence's checkpoints
+
+    def as_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self), sort_keys=True, default=str))
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def record(self) -> dict:
+        """What a result stores of its spec (its hparams are stored beside, as 'hparams')."""
+        spec = self.as_dict()
+        spec.pop("hparams")
+        return {"run_key": self.key, "run_spec": spec}
+
+
+def model_fingerprint(model_dir) -> str:
+    """A hash of a local model folder's files (names, sizes and contents, large ones sampled)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(model_dir)}:{size}\n".encode())
+        with path.open("rb") as handle:
+            if size > 2 * SAMPLE_BYTES:  # its first SAMPLE_BYTES, then from its last ones
+                digest.update(handle.read(SAMPLE_BYTES))
+                handle.seek(size - SAMPLE_BYTES)
+            digest.update(handle.read())
+    return digest.hexdigest()[:16]
+
+
+def changed_fields(saved: dict, spec: RunSpec) -> list:
+    """What differs between a saved result and this spec, for the 'redone' message."""
+    recorded = {**(saved.get("hparams") or {}), **(saved.get("run_spec") or {})}
+    current = {**spec.hparams, **spec.record()["run_spec"]}
+    return [f"{k}: {recorded.get(k)!r} -> {v!r}" for k, v in current.items()
+            if k in recorded and recorded[k] != v] or ["no run key" if "run_key" not in saved else "run key"]
 
 
 def _json_default(value):
@@ -42,9 +98,10 @@ def write_json(path: Path, data) -> None:
     staging.replace(path)
 
 
-def pre_edit(args, host: Host, editor, spec: MethodSpec, run: RunSpec, requests):
-    """Pre-edit metrics, shared between methods through a cache file keyed by model, data and n."""
-    # They also depend on the scoring: a method scored by generation has its own.
+def fresh_editor(args, host: Host, spec: MethodSpec, hparams, run: RunSpec, requests):
+    """The host's editor on the unedited model, and its pre-edit metrics: shared between methods through a
+    cache file keyed by model, data and n, and by the scoring (a method scored by generation has its own)."""
+    editor = open_editor(host, spec, hparams)
     mode = "generate" if spec.adapter.scored_by_generation else "teacher"
     path = args.results_dir / "pre_cache" / f"{run.model_fingerprint}__{run.data_sha256}__n{run.n}__{mode}.json"
     cached = json.loads(path.read_text()) if path.is_file() else None
@@ -52,7 +109,7 @@ def pre_edit(args, host: Host, editor, spec: MethodSpec, run: RunSpec, requests)
     pres = _plain(pre_edit_metrics(host, editor, requests, cached))
     if not complete:
         write_json(path, pres)
-    return pres
+    return editor, pres
 
 
 def portable_path(value) -> str:
@@ -81,8 +138,7 @@ def hparams_record(hparams) -> dict:
 
 def rescore_with_em(args, host, spec, hparams, run: RunSpec, requests, out: Path, saved: dict) -> dict:
     """A finished sequence's result with `em` added, scored on its kept final state (nothing edited again)."""
-    editor = open_editor(host, spec, hparams)
-    pres = pre_edit(args, host, editor, spec, run, requests)
+    editor, pres = fresh_editor(args, host, spec, hparams, run, requests)
     spec.adapter.restore(editor.model, final_state_dir(checkpoint_dir(out)), hparams)
     model = spec.adapter.as_host_returns(editor)
     records = saved["records"]
@@ -94,21 +150,41 @@ def rescore_with_em(args, host, spec, hparams, run: RunSpec, requests, out: Path
     return {**saved, "em": mean_scores(records)["em"], "em_rescored": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def open_progress(args, spec, data_set, scenario, hparams, out: Path):
+def keep_saved(args, host, spec, hparams, run: RunSpec, requests, out: Path, where: str) -> bool:
+    """Whether the saved result stands: finished under this run key (a sequence scored before `em` gets it
+    from its kept state). Otherwise the run is redone, and this says why."""
+    saved = json.loads(out.read_text()) if out.is_file() else {}
+    if saved.get("status") != "ok":
+        return False
+    if args.force:
+        print(f"{where}: redone because of --force")
+    elif saved.get("run_key") != run.key:  # one from before run keys is redone too: it also lacks em
+        print(f"{where}: redone, its result is of another run ({'; '.join(changed_fields(saved, run))})")
+    elif "em" in saved:
+        print(f"{where}: skipped, finished under the same run key (--force redoes it)")
+        return True
+    elif final_state_dir(checkpoint_dir(out)).is_dir():
+        print(f"{where}: finished under the same run key; adding generation-based scores from its kept state")
+        write_json(out, rescore_with_em(args, host, spec, hparams, run, requests, out, saved))
+        return True
+    else:
+        print(f"{where}: redone, it was scored before generation-based scoring")
+    return False
+
+
+def open_progress(args, spec, scenario: Scenario, run: RunSpec, out: Path, where: str):
     """What lets a cut-off run resume: the single-edit journal, or a sequence's checkpoint (None for batches)."""
     if scenario.kind == "batch":
         return None
-    header = {"method": spec.name, "set": data_set, "scenario": scenario.name, "n": args.n,
-              "data_dir": portable_path(args.data_dir.resolve()), "fluency_n": args.fluency_n,
-              "hparams": hparams_record(hparams)}
+    header = {"method": run.method, "set": run.data_set, "scenario": run.scenario, "n": run.n,
+              "data_dir": portable_path(args.data_dir), "fluency_n": args.fluency_n, "hparams": run.hparams}
     if scenario.kind == "seq":
         header["checkpoints"] = args.checkpoints
-    where = f"[{spec.name}] {data_set} {scenario.name}"
     if scenario.kind == "single":
-        progress = Journal(journal_path(out), _plain(header))
+        progress = Journal(journal_path(out), header)
         done = len(progress.entries)
     else:
-        progress = SequenceCheckpoint(checkpoint_dir(out), _plain(header), spec)
+        progress = SequenceCheckpoint(checkpoint_dir(out), header, spec)
         done = progress.progress["bookkeeping"]["n_edits"] if progress.progress else 0
         if not progress.enabled:
             print(f"{where}: {spec.alg_name}'s edited state is not saved between edits; a cut-off run starts over")
@@ -119,67 +195,60 @@ def open_progress(args, spec, data_set, scenario, hparams, out: Path):
     return progress
 
 
-def run_one(args, host, spec, hparams, hparams_file, data_set, scenario, requests, out: Path, run: RunSpec):
-    """Fresh model, pre-edit outputs, the scenario; returns the result to save and the run's progress."""
+def run_one(args, host, spec, hparams, hparams_path, scenario: Scenario, requests, run: RunSpec, progress) -> dict:
+    """Fresh model, pre-edit outputs, the scenario; returns the result to save."""
     started = time.time()
-    progress = open_progress(args, spec, data_set, scenario, hparams, out)
     with peak_memory() as memory:
-        editor = open_editor(host, spec, hparams)
-        pres = pre_edit(args, host, editor, spec, run, requests)
+        editor, pres = fresh_editor(args, host, spec, hparams, run, requests)
         result = run_scenario(host, editor, spec, scenario, requests, pres, args.fluency_n, args.checkpoints,
                               progress)
     del editor
     edit_seconds = result.edit_seconds
     return {
-        "status": "ok", **run.record(), "method": spec.name, "alg_name": spec.alg_name, "set": data_set,
-        "scenario": scenario.name, "n": args.n, "n_edits": result.n_edits,
+        "status": "ok", **run.record(), "method": spec.name, "alg_name": spec.alg_name, "set": run.data_set,
+        "scenario": run.scenario, "n": run.n, "n_edits": result.n_edits,
         "n_scored": len(result.records), **mean_scores(result.records),
         "seconds_per_edit": float(np.mean(edit_seconds)) if edit_seconds else None,
         "edit_seconds_total": float(np.sum(edit_seconds)),
         "wall_seconds": time.time() - started + result.resumed_seconds, **result.costs,
         "peak_mb": memory.get("block_peak_mb") or memory.get("getrusage_peak_mb"), "memory": memory,
-        "checkpoints": result.checkpoints, "hparams_file": portable_path(hparams_file),
-        "hparams": hparams_record(hparams), "fluency_n": min(args.fluency_n, len(result.records)),
+        "checkpoints": result.checkpoints, "hparams_file": portable_path(hparams_path),
+        "hparams": run.hparams, "fluency_n": min(args.fluency_n, len(result.records)),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         # Records or edits taken from an earlier, cut-off run: wall_seconds includes theirs, peak memory not.
         "resumed_records": result.resumed,
         # Per request its text and its scores (the host's full metric dicts are large).
         "records": [{"prompt": r["prompt"], "target_new": r["target_new"], **scores}
                     for scores, r in zip(result.records, requests)],
-    }, progress
+    }
 
 
-def run_spec(args, spec: MethodSpec, hparams, data_set: str, scenario: Scenario, data_sha: str, model_fp: str):
-    """The RunSpec of one (method, data set, scenario) with the hparams as this run resolved them."""
-    protocol = {"fluency_n": args.fluency_n}
-    if scenario.kind == "seq":
-        protocol["checkpoints"] = checkpoint_steps(scenario.size, args.checkpoints, scenario.batch)
-    return RunSpec(spec.name, data_set, scenario.name, args.n, hparams_record(hparams), data_sha, model_fp, protocol)
-
-
-def _skip_reason(args, spec: MethodSpec, scenario: Scenario, n: int):
-    allowed = args.scenario_limits.get(spec.name)
+def _skip_reason(args, spec: MethodSpec, scenario: Scenario):
+    allowed = args.scenarios_for.get(spec.name)
     if allowed is not None and scenario.name not in allowed:
         return f"not run: --scenarios-for limited {spec.name} to {','.join(allowed)} (time budget)"
     if scenario.edits_per_call > 1 and not spec.batchable:
         return f"{spec.name} is not batchable in the host (BatchEditor.is_batchable_method)"
-    if scenario.kind == "seq" and scenario.size > n:
-        return f"{scenario.name} needs at least {scenario.size} records; --n is {n}"
+    if scenario.kind == "seq" and scenario.size > args.n:
+        return f"{scenario.name} needs at least {scenario.size} records; --n is {args.n}"
     return None
 
 
-def _record_failure(out: Path, spec: MethodSpec, data_set: str, scenario: str, n: int, err: Exception) -> int:
+def _record_failure(out: Path, names: dict, err: Exception) -> int:
     traceback.print_exc()
-    write_json(out, {"status": "failed", "method": spec.name, "set": data_set, "scenario": scenario, "n": n,
-                     "error": f"{type(err).__name__}: {err}"})
+    write_json(out, {"status": "failed", **names, "error": f"{type(err).__name__}: {err}"})
     return 1
 
 
-def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
+def run_method(args) -> int:
+    """The worker: method args.worker on every data set and scenario; 1 if any failed."""
+    spec = METHODS[args.worker]
+    hparams_path = args.hparams.get(spec.name) or hparams_file(spec, args.model_tag, args.baft_hparams,
+                                                               args.hparams_dir)
     torch.set_num_threads(args.threads)
     host = Host.load()
-    args.model_dir = model_loading.resolve_model_path(args.model)
-    model_fp = model_fingerprint(args.model_dir)
+    model_dir = model_loading.resolve_model_path(args.model)
+    model_fp = model_fingerprint(model_dir)
     prepare = host.prepare_requests
     if spec.takes_loc_prompts:  # WISE trains on unrelated prompts, from the train split
         prepare = functools.partial(prepare, loc_prompts=training_loc_prompts(args.data_dir, args.n))
@@ -187,45 +256,37 @@ def run_method(args, spec: MethodSpec, hparams_file: Path, result_path) -> int:
     for data_set in args.sets:
         requests = build_requests(prepare, args.data_dir, data_set, args.n)
         data_sha = data_hash(args.data_dir, data_set)
-        for name in args.scenarios:
-            scenario = Scenario.parse(name)
-            out = result_path(args.results_dir, args.n, spec.name, data_set, name)
-            where = f"[{spec.name}] {data_set} {name}"
+        for scenario in map(Scenario.parse, args.scenarios):
+            out = result_path(args.results_dir, args.n, spec.name, data_set, scenario.name)
+            where = f"[{spec.name}] {data_set} {scenario.name}"
+            names = {"method": spec.name, "set": data_set, "scenario": scenario.name, "n": args.n}
+            protocol = {"fluency_n": args.fluency_n}
+            if scenario.kind == "seq":
+                protocol["checkpoints"] = checkpoint_steps(scenario.size, args.checkpoints, scenario.batch)
             try:
-                hparams = load_hparams(spec, hparams_file, args.model_dir, args.stats_dir, scenario.edits_per_call)
-                run = run_spec(args, spec, hparams, data_set, scenario, data_sha, model_fp)
+                hparams = load_hparams(spec, hparams_path, model_dir, args.stats_dir, scenario.edits_per_call)
+                run = RunSpec(spec.name, data_set, scenario.name, args.n, hparams_record(hparams), data_sha, model_fp,
+                              protocol)
             except Exception as err:
-                failed += _record_failure(out, spec, data_set, name, args.n, err)
+                failed += _record_failure(out, names, err)
                 continue
-            saved = json.loads(out.read_text()) if out.is_file() else {}
-            finished = not args.force and finished_result(saved, run)
-            if finished and "em" not in saved and final_state_dir(checkpoint_dir(out)).is_dir():
-                print(f"{where}: finished under the same run key; adding generation-based scores from its kept state")
-                write_json(out, rescore_with_em(args, host, spec, hparams, run, requests, out, saved))
+            if keep_saved(args, host, spec, hparams, run, requests, out, where):
                 continue
-            if finished and "em" in saved:
-                print(f"{where}: skipped, finished under the same run key (--force redoes it)")
-                continue
-            if finished:
-                print(f"{where}: redone, it was scored before generation-based scoring")
-            elif saved.get("status") == "ok":
-                print(f"{where}: redone, its result is of another run ({'; '.join(changed_fields(saved, run))})")
-            reason = _skip_reason(args, spec, scenario, args.n)
+            reason = _skip_reason(args, spec, scenario)
             if reason:
-                write_json(out, {"status": "skipped", "method": spec.name, "set": data_set,
-                                 "scenario": name, "n": args.n, "reason": reason})
+                write_json(out, {"status": "skipped", **names, "reason": reason})
                 continue
             print(f"{where}: start {time.strftime('%H:%M:%S')}")
             try:
-                summary, progress = run_one(args, host, spec, hparams, hparams_file, data_set, scenario,
-                                            requests, out, run)
+                progress = open_progress(args, spec, scenario, run, out, where)
+                summary = run_one(args, host, spec, hparams, hparams_path, scenario, requests, run, progress)
             except Exception as err:
-                failed += _record_failure(out, spec, data_set, name, args.n, err)
+                failed += _record_failure(out, names, err)
                 continue
             write_json(out, summary)
             if progress:
                 progress.done()
-            print(f"{where}: rel={summary['rel']} gen={summary['gen']} "
-                  f"loc={summary['loc']} port={summary['port']} s/edit={summary['seconds_per_edit']:.2f} "
+            scores = " ".join(f"{key}={pct(summary[key])}" for key in SCORES)
+            print(f"{where}: {scores} (%), s/edit={num(summary['seconds_per_edit'])}, "
                   f"wall={summary['wall_seconds']:.0f}s")
     return 1 if failed else 0

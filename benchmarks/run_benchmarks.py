@@ -5,7 +5,7 @@
 
 Each method runs in its own worker process (its peak memory its own, its failure not the others').
 Each finished (method, data set, scenario) is written to RESULTS/runs/ at once with its run key
-(bench_spec.RunSpec): the same command again skips what finished under the same key and redoes the
+(bench_worker.RunSpec): the same command again skips what finished under the same key and redoes the
 rest (--force: everything). The report (results.json, results.md, plots) is rebuilt after every method.
 """
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(BENCH_DIR))  # sibling helper modules
 sys.path.insert(0, str(REPO_ROOT))  # easyedit_baft from this checkout
 
 from bench_data import DATA_FILES  # noqa: E402
-from bench_methods import DEFAULT_METHODS, METHODS, hparams_file  # noqa: E402
+from bench_methods import DEFAULT_METHODS, METHODS  # noqa: E402
 from bench_scenarios import Scenario  # noqa: E402
 from easyedit_baft.records import default_data_dir  # noqa: E402
 
@@ -59,11 +59,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--threads", type=int, default=1, help="torch threads per worker (more than the free cores slow it down)")
     add("--worker", metavar="METHOD", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    for name in args.scenarios:
-        Scenario.parse(name)  # fail before any work on a misspelt scenario
-    args.scenario_limits = parse_scenario_limits(parser, args)
     if args.n < 1:
         parser.error(f"--n {args.n}: give at least 1 record per set")
+    for name in args.scenarios:
+        Scenario.parse(name)  # fail before any work on a misspelt scenario
+    scenario_names = args.scenarios
+    limits = {}
+    for item in args.scenarios_for:
+        method, _, names = item.partition("=")
+        limits[method] = [name for name in names.split(",") if name]
+        if method not in METHODS or not limits[method] or not set(limits[method]) <= set(scenario_names):
+            parser.error(f"--scenarios-for {item!r}: give METHOD=S1,S2 with METHOD one of {sorted(METHODS)} and "
+                         f"the scenarios among --scenarios {scenario_names}")
+    args.scenarios_for = limits
     for item in args.hparams:
         if item.partition("=")[0] not in METHODS or "=" not in item:
             parser.error(f"--hparams {item!r}: give METHOD=PATH with METHOD one of {sorted(METHODS)}, "
@@ -75,42 +83,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, name, getattr(args, name).expanduser().resolve())
     if args.model != EMBEDDED_MODEL_NAME:
         args.model = str(Path(args.model).expanduser().resolve())
-    args.hparams = [f"{k}={Path(v).expanduser().resolve()}" for k, v in (i.split("=", 1) for i in args.hparams)]
+    overrides = [item.split("=", 1) for item in args.hparams]
+    args.hparams = {name: Path(path).expanduser().resolve() for name, path in overrides}
     return args
-
-
-def parse_scenario_limits(parser, args) -> dict:
-    """--scenarios-for METHOD=S1,S2 -> {METHOD: [S1, S2]}, checked against --methods and --scenarios."""
-    limits = {}
-    for item in args.scenarios_for:
-        method, _, names = item.partition("=")
-        chosen = [n for n in names.split(",") if n]
-        if method not in METHODS or not chosen or any(n not in args.scenarios for n in chosen):
-            parser.error(f"--scenarios-for {item!r}: give METHOD=S1,S2 with METHOD one of {sorted(METHODS)} and "
-                         f"the scenarios among --scenarios {args.scenarios}")
-        limits[method] = chosen
-    return limits
-
-
-def hparams_path(args, method: str) -> Path:
-    overrides = dict(item.split("=", 1) for item in args.hparams)
-    if method in overrides:
-        return Path(overrides[method]).resolve()
-    return hparams_file(METHODS[method], args.model_tag, args.baft_hparams, args.hparams_dir)
-
-
-def result_path(results_dir: Path, n: int, method: str, data_set: str, scenario: str) -> Path:
-    return results_dir / "runs" / f"n{n}" / data_set / scenario / f"{method}.json"
-
-
-def worker(args) -> int:
-    """One method, every set and scenario, in a scratch folder: the host writes its logs/ into the working one."""
-    from bench_worker import run_method
-
-    workdir = args.results_dir / "host_workdir"
-    workdir.mkdir(parents=True, exist_ok=True)
-    os.chdir(workdir)
-    return run_method(args, METHODS[args.worker], hparams_path(args, args.worker), result_path)
 
 
 def worker_command(args, method: str) -> List[str]:
@@ -146,7 +121,14 @@ def run_driver(args) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.stdout.reconfigure(line_buffering=True)  # the driver and its workers write one log: whole lines, at once
-    return worker(args) if args.worker else run_driver(args)  # a worker's uncaught error: traceback, exit code 1
+    if not args.worker:
+        return run_driver(args)
+    from bench_worker import run_method
+
+    workdir = args.results_dir / "host_workdir"  # a scratch folder: the host writes its logs/ into the working one
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chdir(workdir)
+    return run_method(args)  # an uncaught error: traceback, exit code 1
 
 
 if __name__ == "__main__":

@@ -350,13 +350,13 @@ def worker(tmp_path, monkeypatch):
                                           "--scenarios", "single", "--results-dir", str(tmp_path / "results"),
                                           "--hparams", f"ROME={hparams_file}", *extra])
         made = len(WorkerEditor.made)
-        assert bench_worker.run_method(args, METHODS["ROME"], hparams_file, run_benchmarks.result_path) == 0
+        assert bench_worker.run_method(args) == 0
         return WorkerEditor.made[made:], tmp_path / "results" / "runs" / "n2" / "zsre" / "single" / "ROME.json"
 
     return run
 
 
-def test_worker_redoes_a_changed_config_and_skips_the_same_one(worker):
+def test_worker_redoes_a_changed_config_and_skips_the_same_one(worker, capsys):
     made, out = worker([5])
     assert made == [("Who made Q0?", [5]), ("Who made Q1?", [5])]
     first = json.loads(out.read_text())
@@ -366,7 +366,9 @@ def test_worker_redoes_a_changed_config_and_skips_the_same_one(worker):
     assert made == [("Who made Q0?", [6]), ("Who made Q1?", [6])]
     second = json.loads(out.read_text())
     assert second["hparams"]["layers"] == [6] and second["run_key"] != first["run_key"]
+    capsys.readouterr()
     assert worker([6], "--force")[0] != []
+    assert "redone because of --force" in capsys.readouterr().out
 
 
 def test_worker_keys_on_the_data_and_the_pre_edit_cache_follows(worker, tmp_path):
@@ -424,6 +426,6 @@ def test_a_worker_parses_the_drivers_own_command_line_from_anywhere(tmp_path, mo
     worker = run_benchmarks.parse_args(command[2:])  # started where the driver runs, before it moves
     assert all(Path(p).is_absolute() for p in (worker.results_dir, worker.data_dir, worker.baft_hparams))
     assert (worker.worker, worker.methods) == ("ROME", ["ROME"])
-    assert worker.results_dir == tmp_path / "out" and worker.hparams == [f"ROME={tmp_path / 'rome.yaml'}"]
+    assert worker.results_dir == tmp_path / "out" and worker.hparams == {"ROME": tmp_path / "rome.yaml"}
     same = {k: v for k, v in vars(driver).items() if k not in ("worker", "methods", "argv")}
     assert same == {k: v for k, v in vars(worker).items() if k in same}
