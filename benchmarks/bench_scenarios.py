@@ -5,6 +5,7 @@ from its `compute_edit_quality` + `finalize_locality_metrics`. A sequence is sco
 far (not each right after it is made, as the host's sequential mode does): do earlier edits still hold?
 """
 
+import argparse
 import contextlib
 import copy
 import re
@@ -50,6 +51,14 @@ class Scenario:
         if seq:
             return Scenario(name, "seq", int(seq))
         return Scenario(name, "seq", int(seq_batch) * int(calls), int(seq_batch))
+
+
+def scenario_arg(name: str) -> Scenario:
+    """Scenario.parse as an argparse type: a misspelt name is a usage error, not a traceback."""
+    try:
+        return Scenario.parse(name)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 @dataclass

@@ -256,7 +256,7 @@ def run_method(args) -> int:
     for data_set in args.sets:
         requests = build_requests(prepare, args.data_dir, data_set, args.n)
         data_sha = data_hash(args.data_dir, data_set)
-        for scenario in map(Scenario.parse, args.scenarios):
+        for scenario in args.scenarios:
             out = result_path(args.results_dir, args.n, spec.name, data_set, scenario.name)
             where = f"[{spec.name}] {data_set} {scenario.name}"
             names = {"method": spec.name, "set": data_set, "scenario": scenario.name, "n": args.n}

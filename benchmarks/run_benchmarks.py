@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO_ROOT))  # easyedit_baft from this checkout
 
 from bench_data import DATA_FILES  # noqa: E402
 from bench_methods import DEFAULT_METHODS, METHODS  # noqa: E402
-from bench_scenarios import Scenario  # noqa: E402
+from bench_scenarios import Scenario, scenario_arg  # noqa: E402
 from easyedit_baft.records import default_data_dir  # noqa: E402
 
 EMBEDDED_MODEL_NAME = "smollm2-135m"
@@ -39,7 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--data-dir", type=Path, default=default_data_dir(), help="the benchmark files (default: ../shared/data)")
     add("--n", type=int, default=100, help="records per data set (the first N)")
     add("--sets", nargs="+", default=["zsre", "counterfact"], choices=sorted(DATA_FILES))
-    add("--scenarios", nargs="+", default=["single", "seq100"], help="single, batchK, seqT or seqbatchBxM")
+    add("--scenarios", nargs="+", type=scenario_arg, default=[Scenario.parse("single"), Scenario.parse("seq100")],
+        help="single, batchK, seqT or seqbatchBxM (default: single seq100)")
     add("--methods", nargs="+", default=DEFAULT_METHODS, choices=sorted(METHODS), help=f"default: {DEFAULT_METHODS}")
     add("--baft-hparams", type=Path, default=REPO_ROOT / "hparams/BaFT/smollm2-135m.yaml",
         help="BaFT's YAML (ReFT and BaFT-noLB are derived from it)")
@@ -61,9 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error(f"--n {args.n}: give at least 1 record per set")
-    for name in args.scenarios:
-        Scenario.parse(name)  # fail before any work on a misspelt scenario
-    scenario_names = args.scenarios
+    scenario_names = [scenario.name for scenario in args.scenarios]
     limits = {}
     for item in args.scenarios_for:
         method, _, names = item.partition("=")

@@ -18,7 +18,7 @@ from bench_data import DATA_FILES, build_requests, requests_from_records  # noqa
 from bench_host import Host  # noqa: E402
 from bench_methods import METHODS, hparams_file, load_hparams  # noqa: E402
 from bench_report import TABLE_COLUMNS, markdown_head, markdown_row, table_row, with_harmonic_means  # noqa: E402
-from bench_scenarios import Scenario, mean_scores, open_editor, pre_edit_metrics, run_scenario  # noqa: E402
+from bench_scenarios import mean_scores, open_editor, pre_edit_metrics, run_scenario, scenario_arg  # noqa: E402
 from easyedit_baft.metrics import mean  # noqa: E402
 from easyedit_baft.model_loading import resolve_model_path  # noqa: E402
 from easyedit_baft.records import default_data_dir, read_records  # noqa: E402
@@ -29,7 +29,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", default="zsre", choices=sorted(DATA_FILES), help="data set (as in the runner)")
     parser.add_argument("--n", type=int, default=20, help="records, from the start of the set")
-    parser.add_argument("--scenario", default="single", help="single, batchK, seqT or seqbatchBxM")
+    parser.add_argument("--scenario", type=scenario_arg, default="single", help="single, batchK, seqT or seqbatchBxM")
     parser.add_argument("--methods", nargs="+", default=["BaFT", "ROME", "MEMIT", "GRACE"], choices=sorted(METHODS))
     parser.add_argument("--model", default="smollm2-135m", help="the embedded model, or a local HF model folder")
     parser.add_argument("--hparams-name", default="smollm2-135m", help="NAME of the METHOD/NAME.yaml files")
@@ -38,12 +38,7 @@ def parse_args(argv=None):
     parser.add_argument("--baft-hparams", type=Path, help="a BaFT YAML (default: hparams/BaFT/NAME.yaml)")
     parser.add_argument("--out", type=Path, help="also write the table to OUT/results.md")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    args = parser.parse_args(argv)
-    try:
-        args.scenario = Scenario.parse(args.scenario)
-    except ValueError as err:
-        parser.error(str(err))
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:

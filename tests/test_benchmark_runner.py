@@ -202,9 +202,14 @@ def test_scenario_names(name, kind, size, batch):
 
 
 @pytest.mark.parametrize("name", ["seq", "seqbatch100", "seqbatch0x10", "batch0", "seq-1"])
-def test_unknown_scenario_names_are_refused_with_the_forms_that_work(name):
+def test_unknown_scenario_names_are_refused_with_the_forms_that_work(name, capsys):
+    import run_benchmarks
+
     with pytest.raises(ValueError, match="seqbatchBxM"):
         Scenario.parse(name)
+    with pytest.raises(SystemExit):  # on the command line: a usage error, no traceback
+        run_benchmarks.parse_args(["--scenarios", "single", name])
+    assert "seqbatchBxM" in capsys.readouterr().err.splitlines()[-1]
 
 
 def test_sequence_cut_off_while_scoring_scores_on_resume_without_editing_again(tmp_path):
