@@ -1,9 +1,5 @@
-"""Benchmark data sets: which file each name reads, and its records as EasyEdit's edit requests.
-
-The records are mapped by easyedit_baft.records (the project's one mapping) and the requests are
-built by the host's own `_prepare_requests`. Only prompt, target_new and subject feed an edit;
-rephrase, locality and portability are evaluation fields and never reach training.
-"""
+"""Benchmark data sets: which file each name reads, and its first records as the host's edit requests
+(mapped by easyedit_baft.records, built by the host's `_prepare_requests`)."""
 
 import hashlib
 import json

@@ -132,22 +132,16 @@ def table_row(run: dict) -> List[str]:
 
 
 def markdown_tables(runs: List[dict], args) -> str:
-    lines = [
-        f"# Benchmark results: {args.model}",
-        "",
-        "rel/gen/loc/port: EasyEdit's rewrite_acc, rephrase_acc, locality and portability (token accuracy, %, "
-        "teacher forcing; GRACE by generation, as the host scores it). HM: harmonic mean of rel, gen, loc. "
-        "em: generation-based exact match, one rule for every method (rel/gen/port: the normalised answer starts "
-        "the greedy continuation of the prompt alone; loc: the greedy continuation of the unrelated prompt is "
-        "unchanged from the unedited model's). "
-        "fluency: the host's n-gram entropy of 100 generated tokens (first "
-        f"{args.fluency_n} edits). Sequential runs (seqT) are scored on all T edits after the last one. "
-        "s/edit: wall time of the method's edit call. params/edit: parameters one edit trains or changes "
-        "(BaFT: intervention parameters; ROME/MEMIT/FT: elements of the weights they change; GRACE: codebook "
-        "elements per edit). peak MB: peak RSS of the run (model included). edit size: bytes that store the "
-        "edit (single: per edit; seqT: all T edits together).",
-        "",
-    ]
+    legend = (
+        "rel/gen/loc/port: EasyEdit's rewrite_acc, rephrase_acc, locality, portability (token accuracy %, teacher "
+        "forcing; GRACE by generation, as the host scores it); HM: harmonic mean of rel, gen, loc. em: exact match "
+        "by generation, one rule for every method (rel/gen/port: the greedy continuation of the prompt alone starts "
+        "with the normalised answer; loc: that of the unrelated prompt is the unedited model's). fluency: the host's "
+        f"n-gram entropy of 100 generated tokens (first {args.fluency_n} edits). seqT: scored on all T edits after "
+        "the last. s/edit: wall time of the edit call. params/edit: parameters an edit trains or changes (BaFT: its "
+        "interventions'; ROME/MEMIT/FT: elements of the weights changed; GRACE: codebook elements). peak MB: the "
+        "run's peak RSS, model included. edit size: bytes that store the edits (single: one; seqT: all T).")
+    lines = [f"# Benchmark results: {args.model}", "", legend, ""]
     for (n, data_set, scenario), rows in _grouped(runs).items():
         lines += [f"## {data_set} / {scenario} (first {n} records)", "", *markdown_head(TABLE_COLUMNS)]
         lines += [markdown_row(table_row(r)) for r in rows] + [""] + knowedit_table(rows)
