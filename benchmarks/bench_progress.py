@@ -1,9 +1,5 @@
-"""Saved progress of a run, so a run cut off part-way resumes where it stopped.
-
-Single edits are independent: their journal appends a JSON line per finished record. Edit k of a
-sequence is made on the model as the k-1 before it left it, so after every call the edited state
-(the method adapter's to say) is saved with the run's bookkeeping and ROME's and MEMIT's context
-templates; a method whose adapter has no save keeps state this does not reach: its sequences start over.
+"""Saved progress, so a run cut off part-way resumes where it stopped: a single-edit run's journal (a JSON
+line per finished record), or a sequence's edited state (its adapter's to save) and bookkeeping, after every call.
 """
 
 import json
@@ -11,10 +7,29 @@ import shutil
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import numpy as np
+
 from bench_methods import MethodSpec
 
 # Progress of another configuration is discarded: it would mix two different runs into one score.
 OTHER_RUN = "its method, data or hparams differ from this run's"
+
+
+def _json_default(value):
+    return value.tolist() if isinstance(value, (np.generic, np.ndarray)) else str(value)
+
+
+def plain(data):
+    """As it reads back from JSON (numpy numbers as numbers, anything else unknown as its text)."""
+    return json.loads(json.dumps(data, default=_json_default))
+
+
+def write_json(path: Path, data, indent: Optional[int] = 1) -> None:
+    """Write beside the target, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".tmp")
+    staging.write_text(json.dumps(data, indent=indent, default=_json_default))
+    staging.replace(path)
 
 
 def result_path(results_dir: Path, n: int, method: str, data_set: str, scenario: str) -> Path:
@@ -85,8 +100,8 @@ class Journal:
 
     def done(self) -> None:
         """The full result is written: the journal has served its purpose."""
-        if self.path is not None and self.path.is_file():
-            self.path.unlink()
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
 
 
 class SequenceCheckpoint:
@@ -127,9 +142,7 @@ class SequenceCheckpoint:
             staging.rename(self.directory / state)
         progress = {"header": self.header, "state": state, "bookkeeping": bookkeeping,
                     "context_templates": self.spec.adapter.context_templates()}
-        staged = self.directory / "progress.tmp"
-        staged.write_text(json.dumps(progress, default=float))
-        staged.replace(self.directory / "progress.json")
+        write_json(self.directory / "progress.json", progress, indent=None)
         self.progress = progress
         for old in self.directory.glob("state-*"):
             if old.name != state:

@@ -15,7 +15,6 @@ import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -23,10 +22,12 @@ import easyedit_baft.model_loading as model_loading
 from bench_data import build_requests, data_hash, training_loc_prompts
 from bench_host import Host
 from bench_methods import METHODS, REPO_ROOT, MethodSpec, hparams_file, load_hparams
-from bench_progress import Journal, SequenceCheckpoint, checkpoint_dir, final_state_dir, journal_path, result_path
+from bench_progress import (Journal, SequenceCheckpoint, checkpoint_dir, final_state_dir, journal_path, plain,
+                            result_path, write_json)
 from bench_report import num, pct
-from bench_scenarios import EM_LOCALITY, SCORES, Scenario, checkpoint_steps, mean_scores, open_editor, peak_memory, \
-    pre_edit_metrics, run_scenario
+from bench_scenarios import (EM_LOCALITY, SCORES, Scenario, checkpoint_steps, mean_scores, open_editor, peak_memory,
+                             pre_edit_metrics, run_scenario)
+from easyedit_baft.metrics import mean
 
 PATH_FIELDS = ("model_name", "stats_dir", "locality_source", "P_loc")
 # Files of a model folder larger than this are fingerprinted by their size and their first and
@@ -81,23 +82,6 @@ def changed_fields(saved: dict, spec: RunSpec) -> list:
             if k in recorded and recorded[k] != v] or ["no run key" if "run_key" not in saved else "run key"]
 
 
-def _json_default(value):
-    return value.tolist() if isinstance(value, (np.generic, np.ndarray)) else str(value)
-
-
-def _plain(data):
-    """As it reads back from JSON (numpy numbers as numbers, anything else unknown as its text)."""
-    return json.loads(json.dumps(data, default=_json_default))
-
-
-def write_json(path: Path, data) -> None:
-    """Write beside the target, then rename: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(".tmp")
-    staging.write_text(json.dumps(data, indent=1, default=_json_default))
-    staging.replace(path)
-
-
 def fresh_editor(args, host: Host, spec: MethodSpec, hparams, run: RunSpec, requests):
     """The host's editor on the unedited model, and its pre-edit metrics: shared between methods through a
     cache file keyed by model, data and n, and by the scoring (a method scored by generation has its own)."""
@@ -106,7 +90,7 @@ def fresh_editor(args, host: Host, spec: MethodSpec, hparams, run: RunSpec, requ
     path = args.results_dir / "pre_cache" / f"{run.model_fingerprint}__{run.data_sha256}__n{run.n}__{mode}.json"
     cached = json.loads(path.read_text()) if path.is_file() else None
     complete = cached is not None and all(EM_LOCALITY in pre for pre in cached)
-    pres = _plain(pre_edit_metrics(host, editor, requests, cached))
+    pres = plain(pre_edit_metrics(host, editor, requests, cached))
     if not complete:
         write_json(path, pres)
     return editor, pres
@@ -133,7 +117,7 @@ def hparams_record(hparams) -> dict:
     for name in PATH_FIELDS:
         if isinstance(fields.get(name), (str, Path)):
             fields[name] = portable_path(fields[name])
-    return _plain(fields)
+    return plain(fields)
 
 
 def rescore_with_em(args, host, spec, hparams, run: RunSpec, requests, out: Path, saved: dict) -> dict:
@@ -203,13 +187,11 @@ def run_one(args, host, spec, hparams, hparams_path, scenario: Scenario, request
         result = run_scenario(host, editor, spec, scenario, requests, pres, args.fluency_n, args.checkpoints,
                               progress)
     del editor
-    edit_seconds = result.edit_seconds
     return {
         "status": "ok", **run.record(), "method": spec.name, "alg_name": spec.alg_name, "set": run.data_set,
         "scenario": run.scenario, "n": run.n, "n_edits": result.n_edits,
         "n_scored": len(result.records), **mean_scores(result.records),
-        "seconds_per_edit": float(np.mean(edit_seconds)) if edit_seconds else None,
-        "edit_seconds_total": float(np.sum(edit_seconds)),
+        "seconds_per_edit": mean(result.edit_seconds), "edit_seconds_total": float(sum(result.edit_seconds)),
         "wall_seconds": time.time() - started + result.resumed_seconds, **result.costs,
         "peak_mb": memory.get("block_peak_mb") or memory.get("getrusage_peak_mb"), "memory": memory,
         "checkpoints": result.checkpoints, "hparams_file": portable_path(hparams_path),

@@ -3,10 +3,10 @@
     EASYEDIT_ROOT=/path/to/EasyEdit python benchmarks/run_benchmarks.py \\
         --n 100 --sets zsre counterfact --scenarios single seq100
 
-Each method runs in its own worker process (its peak memory its own, its failure not the others').
-Each finished (method, data set, scenario) is written to RESULTS/runs/ at once with its run key
-(bench_worker.RunSpec): the same command again skips what finished under the same key and redoes the
-rest (--force: everything). The report (results.json, results.md, plots) is rebuilt after every method.
+Each method runs in its own worker process (its peak memory its own, its failure not the others'), and
+each finished (method, data set, scenario) is saved to RESULTS/runs/ at once under its run key: the same
+command again skips what finished under the same key and redoes the rest (--force: everything). The
+report (results.json, results.md, plots) is rebuilt after every method.
 """
 
 import argparse
@@ -29,27 +29,31 @@ from bench_scenarios import Scenario, scenario_arg  # noqa: E402
 from easyedit_baft.records import default_data_dir  # noqa: E402
 
 EMBEDDED_MODEL_NAME = "smollm2-135m"
-PATH_ARGS = ("data_dir", "baft_hparams", "hparams_dir", "results_dir", "stats_dir")
+
+
+def resolved(path) -> Path:
+    """A path as the command gave it, made absolute: a worker reads it after changing its working directory."""
+    return Path(path).expanduser().resolve()
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--model", default=EMBEDDED_MODEL_NAME, help="the embedded model (smollm2-135m) or a local HF model folder")
-    add("--data-dir", type=Path, default=default_data_dir(), help="the benchmark files (default: ../shared/data)")
+    add("--data-dir", type=resolved, default=resolved(default_data_dir()), help="default: ../shared/data")
     add("--n", type=int, default=100, help="records per data set (the first N)")
     add("--sets", nargs="+", default=["zsre", "counterfact"], choices=sorted(DATA_FILES))
     add("--scenarios", nargs="+", type=scenario_arg, default=[Scenario.parse("single"), Scenario.parse("seq100")],
         help="single, batchK, seqT or seqbatchBxM (default: single seq100)")
     add("--methods", nargs="+", default=DEFAULT_METHODS, choices=sorted(METHODS), help=f"default: {DEFAULT_METHODS}")
-    add("--baft-hparams", type=Path, default=REPO_ROOT / "hparams/BaFT/smollm2-135m.yaml",
+    add("--baft-hparams", type=resolved, default=REPO_ROOT / "hparams/BaFT/smollm2-135m.yaml",
         help="BaFT's YAML (ReFT and BaFT-noLB are derived from it)")
-    add("--hparams-dir", type=Path, default=REPO_ROOT / "examples/hparams",
+    add("--hparams-dir", type=resolved, default=REPO_ROOT / "examples/hparams",
         help="the host methods' DIR/ALG/TAG.yaml (then benchmarks/hparams)")
     add("--hparams", nargs="*", default=[], metavar="METHOD=PATH", help="one method's hparams file, instead")
     add("--model-tag", default="smollm2-135m", help="TAG: the hparams file name for this model")
-    add("--stats-dir", type=Path, help="ROME/MEMIT second-moment statistics (default: the hparams' own)")
-    add("--results-dir", type=Path, default=BENCH_DIR / "results")
+    add("--stats-dir", type=resolved, help="ROME/MEMIT second-moment statistics (default: the hparams' own)")
+    add("--results-dir", type=resolved, default=BENCH_DIR / "results")
     add("--fluency-n", type=int, default=10, help="fluency (100 generated tokens) of a scenario's first K edits")
     add("--checkpoints", type=int, nargs="*", default=[10, 25, 50, 100, 250, 500],
         help="a sequence is also scored on all edits so far after these many")
@@ -75,15 +79,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         if item.partition("=")[0] not in METHODS or "=" not in item:
             parser.error(f"--hparams {item!r}: give METHOD=PATH with METHOD one of {sorted(METHODS)}, "
                          "e.g. ROME=examples/hparams/ROME/smollm2-135m.yaml")
-    args.argv = list(sys.argv[1:] if argv is None else argv)
-    # Paths are read from where the command was given, before a worker changes its working directory.
-    for name in PATH_ARGS:
-        if getattr(args, name) is not None:
-            setattr(args, name, getattr(args, name).expanduser().resolve())
+    args.hparams = {name: resolved(path) for name, path in (item.split("=", 1) for item in args.hparams)}
     if args.model != EMBEDDED_MODEL_NAME:
-        args.model = str(Path(args.model).expanduser().resolve())
-    overrides = [item.split("=", 1) for item in args.hparams]
-    args.hparams = {name: Path(path).expanduser().resolve() for name, path in overrides}
+        args.model = str(resolved(args.model))
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
 
 
