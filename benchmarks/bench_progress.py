@@ -74,29 +74,20 @@ class Journal:
 
     def __init__(self, path: Optional[Path], header: dict):
         self.path, self.header = path, header
-        self.entries: Dict[int, dict] = {}
-        self.discarded_reason = None
-        if path is None or not path.is_file():
-            return
-        lines = read_journal(path)
-        if not lines or lines[0] != header:
-            self.discarded_reason = OTHER_RUN
-            path.unlink()
-            return
-        self.entries = {entry["index"]: entry for entry in lines[1:]}
-        # Rewritten whole, so the next record does not follow a cut-off line.
-        path.write_text("".join(json.dumps(line, default=float) + "\n" for line in lines))
+        lines = read_journal(path) if path is not None and path.is_file() else []
+        self.discarded_reason = OTHER_RUN if lines and lines[0] != header else None
+        kept = [] if self.discarded_reason else lines[1:]
+        self.entries: Dict[int, dict] = {entry["index"]: entry for entry in kept}
+        if path is not None:  # rewritten whole: the next record must not follow a line cut off mid-write
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("".join(json.dumps(line, default=float) + "\n" for line in [header, *kept]))
 
     def record(self, index: int, entry: dict) -> None:
         entry = {"index": index, **entry}
         self.entries[index] = entry
-        if self.path is None:
-            return
-        if not self.path.is_file():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text(json.dumps(self.header) + "\n")
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(entry, default=float) + "\n")
+        if self.path is not None:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(entry, default=float) + "\n")
 
     def done(self) -> None:
         """The full result is written: the journal has served its purpose."""
