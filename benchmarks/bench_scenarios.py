@@ -1,9 +1,6 @@
-"""Editing scenarios (single, batch, sequential) driven through the host's own editor and metrics.
-
-Edits go through the host's `BaseEditor.apply_algo` with the arguments its `edit` passes; scores come
-from its `compute_edit_quality` + `finalize_locality_metrics`. A sequence is scored on all its edits so
-far (not each right after it is made, as the host's sequential mode does): do earlier edits still hold?
-"""
+"""Editing scenarios (single, batch, sequential) through the host's `apply_algo`, called as its `edit` calls it,
+and scored by its `compute_edit_quality`. A sequence is scored on all its edits so far, not each right after
+it is made as the host's sequential mode does: do earlier edits still hold?"""
 
 import argparse
 import contextlib
@@ -89,14 +86,12 @@ def status_mb(field: str):
 
 @contextlib.contextmanager
 def peak_memory():
-    """The peak RSS within a `with` block, in the dict it yields: getrusage never resets, so after a first
-    scenario it would report that one's peak for every later one; Linux lets a process reset its own
-    high-water mark (clear_refs = 5)."""
-    try:
+    """The peak RSS within a `with` block, in the dict it yields: getrusage never resets (after a first scenario
+    it would give that one's peak for every later one), but Linux lets a process reset its high-water mark."""
+    block_peak_supported = False
+    with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
         block_peak_supported = True
-    except OSError:
-        block_peak_supported = False
     report = {}
     yield report
     report.update(block_peak_mb=status_mb("VmHWM") if block_peak_supported else None,

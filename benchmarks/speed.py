@@ -2,10 +2,9 @@
 
     python benchmarks/speed.py --single 8 --sequence 500 --batch 100 --threads 1
 
-Single edits (ZsRE eval records from --start): seconds per edit (median, p90), steps, rows and tokens
-per step, where the time goes, and the cost in reference passes (the whole model, forward and backward,
-on one 32-token row); the cost of edit k of a sequence against edit 1; the cost per fact of one batch.
-Numbers only. --package-root measures another checkout of easyedit_baft (an older version).
+Single edits (ZsRE eval records from --start): seconds per edit, steps, rows and tokens per step, where the
+time goes, and the cost in reference passes (the whole model, forward and backward, on one 32-token row);
+edit k of a sequence against edit 1; the cost per fact of one batch. --package-root measures another checkout.
 """
 
 import argparse
@@ -23,16 +22,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hparams", default=None, help="BaFT YAML (default: the shipped smollm2-135m.yaml)")
-    parser.add_argument("--data", default=None, help="ZsRE eval JSON (default: ../shared/data/zsre/...)")
-    parser.add_argument("--start", type=int, default=200, help="first record of the single edits")
-    parser.add_argument("--single", type=int, default=8, help="single edits (0: skip)")
-    parser.add_argument("--sequence", type=int, default=0, help="edits in one sequence (0: skip)")
-    parser.add_argument("--sequence-start", type=int, default=500)
-    parser.add_argument("--batch", type=int, default=0, help="requests in one batch (0: skip)")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--package-root", default=str(REPO), help="checkout whose easyedit_baft is measured")
-    parser.add_argument("--json", default=None, help="also write the numbers to this file")
+    add = parser.add_argument
+    add("--hparams", help="BaFT YAML (default: the shipped smollm2-135m.yaml)")
+    add("--data", help="ZsRE eval JSON (default: ../shared/data/zsre/...)")
+    add("--start", type=int, default=200, help="first record of the single edits")
+    add("--single", type=int, default=8, help="single edits (0: skip)")
+    add("--sequence", type=int, default=0, help="edits in one sequence (0: skip)")
+    add("--sequence-start", type=int, default=500)
+    add("--batch", type=int, default=0, help="requests in one batch (0: skip)")
+    add("--threads", type=int, default=1)
+    add("--package-root", default=str(REPO), help="checkout whose easyedit_baft is measured")
+    add("--json", help="also write the numbers to this file")
     return parser.parse_args()
 
 
@@ -52,12 +52,10 @@ def reference_pass_seconds(model, repeats: int = 5) -> float:
 
 def single_edit_numbers(reports, seconds, pass_s: float) -> dict:
     steps = [r.steps for r in reports]
-    numbers = {
-        "edits": len(seconds), "s_median": statistics.median(seconds),
-        "s_p90": sorted(seconds)[min(len(seconds) - 1, int(0.9 * len(seconds)))],
-        "steps_mean": statistics.mean(steps), "passes_median": statistics.median(seconds) / pass_s,
-        "s_per_step": sum(seconds) / max(sum(steps), 1),
-    }
+    numbers = {"edits": len(seconds), "s_median": statistics.median(seconds),
+               "s_p90": sorted(seconds)[min(len(seconds) - 1, int(0.9 * len(seconds)))],
+               "steps_mean": statistics.mean(steps), "passes_median": statistics.median(seconds) / pass_s,
+               "s_per_step": sum(seconds) / max(sum(steps), 1)}
     if getattr(reports[0], "rows", 0):  # older versions report steps and seconds only
         numbers["rows_per_step"] = statistics.mean(r.rows for r in reports)
         numbers["tokens_per_step"] = statistics.mean(r.tokens for r in reports)
@@ -122,9 +120,9 @@ def main():
         seconds = [edit([edit_request(case)], detach=False)[1] for case in tqdm(sequence, desc="sequence")]
         plumbing.detach(model)
         # Edit k against edit 1, each as the mean of the 10 edits from it (single edits are noisy).
-        window = [statistics.mean(seconds[k - 1: k + 9] if k + 9 <= len(seconds) else seconds[-10:])
-                  for k in range(1, len(seconds) + 1)]
-        ratios = {k: window[k - 1] / window[0] for k in (1, 10, 100, 500) if k <= len(seconds)}
+        means = {k: statistics.mean(seconds[k - 1: k + 9] if k + 9 <= len(seconds) else seconds[-10:])
+                 for k in (1, 10, 100, 500) if k <= len(seconds)}
+        ratios = {k: m / means[1] for k, m in means.items()}
         results["sequence"] = print_section("sequence", {"edits": len(seconds), "seconds": seconds,
                                                          "edit_k_over_edit_1": ratios,
                                                          "s_median": statistics.median(seconds)})

@@ -1,15 +1,16 @@
 """BaFT, ROME, MEMIT and GRACE through EasyEdit's BaseEditor, on the same records, in one loop.
 
-The user's script: each method is built by the host (BaseEditor.from_hparams), edits with the host's
-apply_algo and is scored by the host's evaluation, through the benchmark runner's own code, so the
-numbers and the table are those the runner reports (teacher-forced, and generation-based exact match as em).
-
     EASYEDIT_ROOT=/path/to/EasyEdit python examples/compare_methods.py --n 20 --set zsre
+
+Each method is built by the host (BaseEditor), edits with its apply_algo and is scored by its evaluation,
+through the benchmark runner's own code: the numbers and the table are those the runner reports.
 """
 
 import argparse
 import sys
 from pathlib import Path
+
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks"), str(REPO_ROOT / "examples")]  # run from a checkout
@@ -43,8 +44,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import torch
-
     torch.set_num_threads(args.threads)
     host = Host.load()  # EASYEDIT_ROOT first on sys.path; BaFT registered
     model = resolve_model_path(args.model)

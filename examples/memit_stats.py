@@ -1,9 +1,9 @@
 """Second-moment statistics for MEMIT from a local text corpus, in the files the host reads.
 
-MEMIT (and ROME with mom2_adjustment) needs, per edited layer, E[k k^T] over the inputs k of the
-MLP's output projection; the host computes it from Wikipedia, which an offline machine cannot reach,
-unless the file exists. This writes it from local text (by default WikiBio passages and ZsRE train
-questions, some 50k tokens, where upstream uses 100k articles): MEMIT's numbers on it are indicative.
+MEMIT (and ROME with mom2_adjustment) needs, per edited layer, E[k k^T] over the inputs k of the MLP's
+output projection; unless the file exists the host computes it from Wikipedia, out of an offline machine's
+reach. This writes it from local text (by default WikiBio passages and ZsRE train questions, some 50k
+tokens, where upstream uses 100k articles): MEMIT's numbers on it are indicative.
 
     python examples/memit_stats.py --hparams examples/hparams/MEMIT/smollm2-135m.yaml
 """
