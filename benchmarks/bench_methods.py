@@ -82,13 +82,6 @@ def _wise_memory(model) -> List[torch.Tensor]:
             for t in [a.new_weight, *(getattr(a, "memory_weight", None) or [])]]
 
 
-def _grace_adapter(model):
-    adapters = _modules_named(model, "GRACEAdapter")
-    if len(adapters) != 1:
-        raise ValueError(f"expected one GRACE adapter in the model, found {len(adapters)}")
-    return adapters[0]
-
-
 def _grace_codebook(model) -> List[torch.Tensor]:
     tensors = [getattr(a, name, None) for a in _modules_named(model, "GRACEAdapter")
                for name in ("keys", "values", "epsilons")]
@@ -96,18 +89,17 @@ def _grace_codebook(model) -> List[torch.Tensor]:
 
 
 def _save_grace(model, directory: Path, changed_names) -> None:
-    adapter = _grace_adapter(model)
-    values = {name: getattr(adapter, name) for name in GRACE_CODEBOOK_FIELDS if hasattr(adapter, name)}
+    [adapter] = _modules_named(model, "GRACEAdapter")  # the host puts one in the edited layer
+    codebook = {name: getattr(adapter, name) for name in GRACE_CODEBOOK_FIELDS if hasattr(adapter, name)}
     directory.mkdir(parents=True, exist_ok=True)
-    torch.save({name: v.detach() if isinstance(v, torch.Tensor) else v for name, v in values.items()},
-               directory / "codebook.pt")
+    torch.save({k: v.detach() if torch.is_tensor(v) else v for k, v in codebook.items()}, directory / "codebook.pt")
 
 
 def _restore_grace(model, directory: Path, hparams) -> None:
     from easyeditor.models.grace.GRACE import GRACE
 
     GRACE(config=hparams, model=model, device=hparams.device)  # puts the (empty) adapter in its layer
-    adapter = _grace_adapter(model)
+    [adapter] = _modules_named(model, "GRACEAdapter")
     for name, value in torch.load(directory / "codebook.pt").items():
         # values is trained at every edit: the host keeps it as a Parameter.
         setattr(adapter, name, torch.nn.Parameter(value, requires_grad=True) if name == "values" else value)
