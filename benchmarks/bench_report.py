@@ -6,7 +6,7 @@ from typing import Dict, List, Optional
 
 from bench_methods import METHODS
 from bench_progress import checkpoint_dir, journal_path, read_journal, read_progress
-from bench_scenarios import SCORES, Scenario
+from bench_scenarios import SCORES, Scenario, mean_scores
 from easyedit_baft.metrics import harmonic_mean, knowedit_summary, mean
 
 TABLE_COLUMNS = ["method", "rel", "gen", "loc", "port", "HM(rel,gen,loc)", "em rel", "em gen", "em loc", "em port",
@@ -16,6 +16,7 @@ PLOTTED_SCORES = [("rel", "reliability (rewrite_acc)"), ("gen", "generalization 
 PARAMS_SHARE_OF_ROME = 0.01
 METHOD_RANK = {name: rank for rank, name in enumerate(METHODS)}  # table order; a method not listed comes last
 RUN_FIELDS = ("method", "set", "scenario", "n")  # what names a run, in a result and in a progress header
+COST_FIELDS = ("params_per_edit", "edit_bytes")
 
 
 def _table_order(run: dict) -> tuple:
@@ -29,15 +30,12 @@ def _partial_of(result_file: Path) -> Optional[dict]:
     """A run still under way (or cut off), marked partial: a single-edit run's journalled records so far,
     or a sequence's edits made so far and its scores at the checkpoints it has passed."""
     journal = journal_path(result_file)
-    if journal.is_file():
-        lines = read_journal(journal)
-        if len(lines) < 2:
-            return None
+    lines = read_journal(journal) if journal.is_file() else []
+    if len(lines) > 1:  # its header and at least one record
         header, entries = lines[0], lines[1:]
         scores = [e["scores"] for e in entries]
         return {"status": "partial", **{k: header[k] for k in RUN_FIELDS}, "n_scored": len(entries),
-                **{k: mean([s.get(k) for s in scores]) for k in (*SCORES, "fluency")},
-                **{k: mean([e["costs"].get(k) for e in entries]) for k in ("params_per_edit", "edit_bytes")},
+                **mean_scores(scores), **{k: mean([e["costs"].get(k) for e in entries]) for k in COST_FIELDS},
                 "seconds_per_edit": mean([e["edit_seconds"] for e in entries]), "peak_mb": None, "records": scores}
     progress = read_progress(checkpoint_dir(result_file))
     if progress is None:
@@ -225,9 +223,8 @@ def write_plots(runs: List[dict], args) -> List[Path]:
 
     paths = []
     methods = sorted({r["method"] for r in runs}, key=lambda method: METHOD_RANK.get(method, len(METHODS)))
-    for n, data_set in sorted({(r["n"], r["set"]) for r in runs if r["status"] == "ok"}):
-        if not any(r["set"] == data_set and r["n"] == n and r["scenario"].startswith("seq") for r in runs):
-            continue
+    with_sequences = {(r["n"], r["set"]) for r in runs if r["scenario"].startswith("seq")}
+    for n, data_set in sorted({(r["n"], r["set"]) for r in runs if r["status"] == "ok"} & with_sequences):
         curves = {method: curve_points(runs, n, data_set, method) for method in methods}
         fig, axes = plt.subplots(1, len(PLOTTED_SCORES), figsize=(15, 4.2))
         for ax, (key, title) in zip(axes, PLOTTED_SCORES):

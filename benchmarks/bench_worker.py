@@ -162,13 +162,11 @@ def open_progress(args, spec, scenario: Scenario, run: RunSpec, out: Path, where
         return None
     header = {"method": run.method, "set": run.data_set, "scenario": run.scenario, "n": run.n,
               "data_dir": portable_path(args.data_dir), "fluency_n": args.fluency_n, "hparams": run.hparams}
-    if scenario.kind == "seq":
-        header["checkpoints"] = args.checkpoints
     if scenario.kind == "single":
         progress = Journal(journal_path(out), header)
         done = len(progress.entries)
     else:
-        progress = SequenceCheckpoint(checkpoint_dir(out), header, spec)
+        progress = SequenceCheckpoint(checkpoint_dir(out), {**header, "checkpoints": args.checkpoints}, spec)
         done = progress.progress["bookkeeping"]["n_edits"] if progress.progress else 0
         if not progress.enabled:
             print(f"{where}: {spec.alg_name}'s edited state is not saved between edits; a cut-off run starts over")
@@ -261,14 +259,13 @@ def run_method(args) -> int:
             print(f"{where}: start {time.strftime('%H:%M:%S')}")
             try:
                 progress = open_progress(args, spec, scenario, run, out, where)
-                summary = run_one(args, host, spec, hparams, hparams_path, scenario, requests, run, progress)
+                result = run_one(args, host, spec, hparams, hparams_path, scenario, requests, run, progress)
             except Exception as err:
                 failed += _record_failure(out, names, err)
                 continue
-            write_json(out, summary)
+            write_json(out, result)
             if progress:
                 progress.done()
-            scores = " ".join(f"{key}={pct(summary[key])}" for key in SCORES)
-            print(f"{where}: {scores} (%), s/edit={num(summary['seconds_per_edit'])}, "
-                  f"wall={summary['wall_seconds']:.0f}s")
+            scores = " ".join(f"{key}={pct(result[key])}" for key in SCORES)
+            print(f"{where}: {scores} (%) s/edit={num(result['seconds_per_edit'])} wall={result['wall_seconds']:.0f}s")
     return 1 if failed else 0
