@@ -1,9 +1,8 @@
 """One method's share of a benchmark run: every data set and scenario, each saved as soon as it ends.
 
-What a run is, its RunSpec, hashes into the key that finds its finished result: method, data set,
-scenario, n, the hparams as resolved, the data file's hash, the model's fingerprint and the scoring.
-Every skip, resume and redo decision is one question: did it finish under this key?
-"""
+A run's RunSpec (method, data set, scenario, n, the resolved hparams, the data file's hash, the model's
+fingerprint, the scoring) hashes into the key of its finished result: every skip, resume and redo decision
+is one question, did it finish under this key?"""
 
 import functools
 import hashlib
@@ -30,9 +29,7 @@ from bench_scenarios import (EM_LOCALITY, SCORES, Scenario, checkpoint_steps, me
 from easyedit_baft.metrics import mean
 
 PATH_FIELDS = ("model_name", "stats_dir", "locality_source", "P_loc")
-# Files of a model folder larger than this are fingerprinted by their size and their first and
-# last SAMPLE_BYTES: hashing a 13 GB checkpoint on every start would cost minutes.
-SAMPLE_BYTES = 1 << 20
+SAMPLE_BYTES = 1 << 20  # a model file over twice this is hashed by its two ends: a whole 13 GB one takes minutes
 
 
 @dataclass(frozen=True)
@@ -120,24 +117,11 @@ def hparams_record(hparams) -> dict:
     return plain(fields)
 
 
-def rescore_with_em(args, host, spec, hparams, run: RunSpec, requests, out: Path, saved: dict) -> dict:
-    """A finished sequence's result with `em` added, scored on its kept final state (nothing edited again)."""
-    editor, pres = fresh_editor(args, host, spec, hparams, run, requests)
-    spec.adapter.restore(editor.model, final_state_dir(checkpoint_dir(out)), hparams)
-    model = spec.adapter.as_host_returns(editor)
-    records = saved["records"]
-    for record, request, pre in zip(tqdm(records, desc=f"{spec.name} em"), requests, pres):
-        if record["prompt"] != request["prompt"]:
-            raise ValueError(f"{out}: record {record['prompt']!r} is not request {request['prompt']!r}; "
-                             f"delete the result to run it again")
-        record["em"] = host.exact_match(model, editor.tok, request, pre.get(EM_LOCALITY))
-    return {**saved, "em": mean_scores(records)["em"], "em_rescored": time.strftime("%Y-%m-%d %H:%M:%S")}
-
-
 def keep_saved(args, host, spec, hparams, run: RunSpec, requests, out: Path, where: str) -> bool:
     """Whether the saved result stands: finished under this run key (a sequence scored before `em` gets it
-    from its kept state). Otherwise the run is redone, and this says why."""
+    from its kept final state, nothing edited again). Otherwise the run is redone, and this says why."""
     saved = json.loads(out.read_text()) if out.is_file() else {}
+    final_state = final_state_dir(checkpoint_dir(out))
     if saved.get("status") != "ok":
         return False
     if args.force:
@@ -147,12 +131,21 @@ def keep_saved(args, host, spec, hparams, run: RunSpec, requests, out: Path, whe
     elif "em" in saved:
         print(f"{where}: skipped, finished under the same run key (--force redoes it)")
         return True
-    elif final_state_dir(checkpoint_dir(out)).is_dir():
-        print(f"{where}: finished under the same run key; adding generation-based scores from its kept state")
-        write_json(out, rescore_with_em(args, host, spec, hparams, run, requests, out, saved))
-        return True
-    else:
+    elif not final_state.is_dir():
         print(f"{where}: redone, it was scored before generation-based scoring")
+    else:
+        print(f"{where}: finished under the same run key; adding generation-based scores from its kept state")
+        editor, pres = fresh_editor(args, host, spec, hparams, run, requests)
+        spec.adapter.restore(editor.model, final_state, hparams)
+        model = spec.adapter.as_host_returns(editor)
+        for record, request, pre in zip(tqdm(saved["records"], desc=f"{spec.name} em"), requests, pres):
+            if record["prompt"] != request["prompt"]:
+                raise ValueError(f"{out}: record {record['prompt']!r} is not request {request['prompt']!r}; "
+                                 f"delete the result to run it again")
+            record["em"] = host.exact_match(model, editor.tok, request, pre.get(EM_LOCALITY))
+        saved.update(em=mean_scores(saved["records"])["em"], em_rescored=time.strftime("%Y-%m-%d %H:%M:%S"))
+        write_json(out, saved)
+        return True
     return False
 
 
