@@ -38,7 +38,6 @@ def data_hash(data_dir: Path, name: str) -> str:
 
 
 def build_requests(prepare_requests, data_dir: Path, name: str, n: int) -> List[dict]:
-    """The first n records of data set `name` as EasyEdit requests (built by the host's own builder)."""
     records = read_records(data_file(data_dir, name))
     if n > len(records):
         raise ValueError(f"--n {n} exceeds the {len(records)} records of {name!r}; use --n <= {len(records)}")

@@ -53,8 +53,7 @@ def _changed_elements(model, weights_copy) -> int:
 
 
 def _changed_bytes(model, changed_names) -> int:
-    params = dict(model.named_parameters())
-    return _nbytes(params[n] for n in changed_names if n in params)
+    return _nbytes(p for name, p in model.named_parameters() if name in changed_names)
 
 
 def _save_weights(model, directory: Path, changed_names) -> None:

@@ -1,6 +1,5 @@
 """Saved progress, so a run cut off part-way resumes where it stopped: a single-edit run's journal (a JSON
-line per finished record), or a sequence's edited state (its adapter's to save) and bookkeeping, after every call.
-"""
+line per finished record), or a sequence's edited state (its adapter's to save) and bookkeeping, after every call."""
 
 import json
 import shutil
@@ -64,8 +63,7 @@ def read_journal(path: Path) -> List[dict]:
 
 
 def read_progress(directory: Path) -> Optional[dict]:
-    """A checkpoint's progress.json (header, state, bookkeeping); None if there is none."""
-    path = directory / "progress.json"
+    path = directory / "progress.json"  # header, state folder, bookkeeping
     return json.loads(path.read_text()) if path.is_file() else None
 
 
@@ -123,7 +121,6 @@ class SequenceCheckpoint:
         """Save after an edit (new_state) or after scoring (only the bookkeeping changed)."""
         if not self.enabled:
             return
-        self.directory.mkdir(parents=True, exist_ok=True)
         state = f"state-{bookkeeping['n_edits']}"
         if new_state:
             staging = self.directory / (state + ".tmp")

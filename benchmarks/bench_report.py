@@ -74,8 +74,7 @@ def load_runs(results_dir: Path) -> List[dict]:
 
 
 def _grouped(runs: List[dict]) -> Dict[tuple, List[dict]]:
-    """Runs by (n, set, scenario), in table order."""
-    groups: Dict[tuple, List[dict]] = {}
+    groups: Dict[tuple, List[dict]] = {}  # by (n, set, scenario), in table order
     for run in runs:
         groups.setdefault((run["n"], run["set"], run["scenario"]), []).append(run)
     return groups

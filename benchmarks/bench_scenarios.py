@@ -132,7 +132,6 @@ def pre_edit_metrics(host: Host, editor, requests: List[dict], cached: Optional[
 
 
 def mean_scores(scores: List[dict]) -> dict:
-    """Means over records: the host's scores, fluency, and the generation-based `em` ones."""
     means = {key: mean([s[key] for s in scores]) for key in (*SCORES, "fluency")}
     means["em"] = {key: mean([(s.get("em") or {}).get(key) for s in scores]) for key in SCORES}
     return means
@@ -166,8 +165,7 @@ def run_undone(host, editor, spec, requests, pres, fluency_n, batch_size: int = 
             journal.record(i, {"prompt": requests[i]["prompt"], "scores": score, "edit_seconds": seconds / len(call),
                                "costs": costs, "seconds": (time.perf_counter() - started) / len(call)})
     entries = [journal.entries[i] for i in sorted(journal.entries)]
-    cost_keys = {key for entry in entries for key in entry["costs"]}
-    costs = {key: mean([entry["costs"].get(key) for entry in entries]) for key in cost_keys}
+    costs = {key: mean([e["costs"].get(key) for e in entries]) for key in {k for e in entries for k in e["costs"]}}
     return ScenarioResult(records=[e["scores"] for e in entries], edit_seconds=[e["edit_seconds"] for e in entries],
                           n_edits=len(entries), costs=costs,
                           resumed=len(resumed), resumed_seconds=sum(e["seconds"] for e in resumed))
