@@ -35,11 +35,10 @@ def main() -> None:
         model = tiny_llama(n_layers=2, hidden_size=hidden)
         hp = BaFTHyperParams(model_name="random-llama", layers=[1], rank=4, grow_rank=4, n_steps=2,
                              n_locality_prompts=4, n_context_prefixes=0, max_length=64)
-        done = 0
-        for target in sorted(args.edits):
-            while done < target:
-                apply_baft_to_model(model, tok, [requests[done]], hp)
-                done += 1
+        for done in range(1, max(args.edits) + 1):
+            apply_baft_to_model(model, tok, [requests[done - 1]], hp)
+            if done not in args.edits:
+                continue
             with tempfile.TemporaryDirectory() as directory:
                 save_edits(model, Path(directory) / "edits")
                 size = sum(p.stat().st_size for p in (Path(directory) / "edits").iterdir())

@@ -206,8 +206,7 @@ def hparams_file(spec: MethodSpec, name: str, baft_hparams: Optional[Path] = Non
     HPARAMS_DIR/ALG/NAME.yaml or, for the optional ones not there, benchmarks/hparams/ALG/NAME.yaml."""
     if spec.alg_name == "BaFT":
         return Path(baft_hparams or REPO_ROOT / "hparams" / "BaFT" / f"{name}.yaml").resolve()
-    folders = (hparams_dir, REPO_ROOT / "benchmarks" / "hparams")
-    candidates = [folder / spec.alg_name / f"{name}.yaml" for folder in folders]
+    candidates = [folder / spec.alg_name / f"{name}.yaml" for folder in (hparams_dir, REPO_ROOT / "benchmarks/hparams")]
     return next((path for path in candidates if path.is_file()), candidates[0]).resolve()
 
 

@@ -205,8 +205,7 @@ def curve_points(runs: List[dict], n: int, data_set: str, method: str) -> Dict[s
         usable = run["status"] == "ok" or (run["status"] == "partial" and "n_edits" in run)
         if (run["n"], run["set"], run["method"]) != (n, data_set, method) or not usable:
             continue
-        steps = [{"edits": 1, **run}] if run["scenario"] == "single" else run.get("checkpoints", [])
-        for step in steps:
+        for step in [{"edits": 1, **run}] if run["scenario"] == "single" else run.get("checkpoints", []):
             for key in points:
                 if step.get(key) is not None:
                     points[key].append((step["edits"], step[key]))

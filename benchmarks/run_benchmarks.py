@@ -3,10 +3,9 @@
     EASYEDIT_ROOT=/path/to/EasyEdit python benchmarks/run_benchmarks.py \\
         --n 100 --sets zsre counterfact --scenarios single seq100
 
-Each method runs in its own worker process (its peak memory its own, its failure not the others'), and
-each finished (method, data set, scenario) is saved to RESULTS/runs/ at once under its run key: the same
-command again skips what finished under the same key and redoes the rest (--force: everything). The
-report (results.json, results.md, plots) is rebuilt after every method.
+Each method runs in its own worker process (its peak memory its own, its failure not the others'). Each
+finished (method, data set, scenario) is saved at once under its run key: the same command again skips
+what finished under the same key (--force redoes it). The report is rebuilt after every method.
 """
 
 import argparse

@@ -26,7 +26,7 @@ from easyedit_baft.records import default_data_dir, read_records  # noqa: E402
 from memit_stats import missing_statistics  # noqa: E402
 
 
-def parse_args(argv=None):
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", default="zsre", choices=sorted(DATA_FILES), help="data set (as in the runner)")
     parser.add_argument("--n", type=int, default=20, help="records, from the start of the set")
@@ -39,11 +39,7 @@ def parse_args(argv=None):
     parser.add_argument("--baft-hparams", type=Path, help="a BaFT YAML (default: hparams/BaFT/NAME.yaml)")
     parser.add_argument("--out", type=Path, help="also write the table to OUT/results.md")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    return parser.parse_args(argv)
-
-
-def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     host = Host.load()  # EASYEDIT_ROOT first on sys.path; BaFT registered
     model = resolve_model_path(args.model)
