@@ -19,13 +19,12 @@ from tqdm.auto import tqdm
 
 import easyedit_baft.model_loading as model_loading
 from bench_data import build_requests, data_hash, training_loc_prompts
-from bench_host import Host
 from bench_methods import METHODS, REPO_ROOT, MethodSpec, hparams_file, load_hparams
 from bench_progress import (Journal, SequenceCheckpoint, checkpoint_dir, final_state_dir, journal_path, plain,
                             result_path, write_json)
 from bench_report import num, pct
-from bench_scenarios import (EM_LOCALITY, SCORES, Scenario, checkpoint_steps, mean_scores, open_editor, peak_memory,
-                             pre_edit_metrics, run_scenario)
+from bench_scenarios import (EM_LOCALITY, SCORES, Host, Scenario, checkpoint_steps, mean_scores, open_editor,
+                             peak_memory, pre_edit_metrics, run_scenario)
 from easyedit_baft.metrics import mean
 
 PATH_FIELDS = ("model_name", "stats_dir", "locality_source", "P_loc")

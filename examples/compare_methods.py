@@ -16,10 +16,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "benchmarks"), str(REPO_ROOT / "examples")]  # run from a checkout
 
 from bench_data import DATA_FILES, build_requests, requests_from_records  # noqa: E402
-from bench_host import Host  # noqa: E402
 from bench_methods import METHODS, hparams_file, load_hparams  # noqa: E402
 from bench_report import TABLE_COLUMNS, markdown_head, markdown_row, table_row, with_harmonic_means  # noqa: E402
-from bench_scenarios import mean_scores, open_editor, pre_edit_metrics, run_scenario, scenario_arg  # noqa: E402
+from bench_scenarios import Host, mean_scores, open_editor, pre_edit_metrics, run_scenario, scenario_arg  # noqa: E402
 from easyedit_baft.metrics import mean  # noqa: E402
 from easyedit_baft.model_loading import resolve_model_path  # noqa: E402
 from easyedit_baft.records import default_data_dir, read_records  # noqa: E402

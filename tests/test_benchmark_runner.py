@@ -15,8 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 from bench_methods import METHODS, load_hparams  # noqa: E402
 from bench_progress import Journal, SequenceCheckpoint, checkpoint_dir, final_state_dir, journal_path  # noqa: E402
 from bench_report import curve_points, load_runs, table_row  # noqa: E402
-from bench_host import Host  # noqa: E402
-from bench_scenarios import Scenario, run_sequential, run_undone  # noqa: E402
+from bench_scenarios import Host, Scenario, run_sequential, run_undone  # noqa: E402
 from bench_worker import REPO_ROOT, portable_path  # noqa: E402
 
 
