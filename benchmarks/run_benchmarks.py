@@ -24,7 +24,9 @@ sys.path.insert(0, str(REPO_ROOT))  # easyedit_baft from this checkout
 
 from bench_data import DATA_FILES  # noqa: E402
 from bench_methods import DEFAULT_METHODS, METHODS  # noqa: E402
+from bench_report import write_report  # noqa: E402
 from bench_scenarios import Scenario, scenario_arg  # noqa: E402
+from bench_worker import run_method  # noqa: E402
 from easyedit_baft.records import default_data_dir  # noqa: E402
 
 EMBEDDED_MODEL_NAME = "smollm2-135m"
@@ -91,8 +93,6 @@ def worker_command(args, method: str) -> List[str]:
 
 
 def run_driver(args) -> int:
-    from bench_report import write_report
-
     args.results_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
 
@@ -120,8 +120,6 @@ def main(argv=None) -> int:
     sys.stdout.reconfigure(line_buffering=True)  # the driver and its workers write one log: whole lines, at once
     if not args.worker:
         return run_driver(args)
-    from bench_worker import run_method
-
     workdir = args.results_dir / "host_workdir"  # a scratch folder: the host writes its logs/ into the working one
     workdir.mkdir(parents=True, exist_ok=True)
     os.chdir(workdir)
