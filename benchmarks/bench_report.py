@@ -11,8 +11,7 @@ from easyedit_baft.metrics import harmonic_mean, knowedit_summary, mean
 
 TABLE_COLUMNS = ["method", "rel", "gen", "loc", "port", "HM(rel,gen,loc)", "em rel", "em gen", "em loc", "em port",
                  "em HM", "fluency", "s/edit", "params/edit", "peak MB", "edit size"]
-PLOTTED_SCORES = [("rel", "reliability (rewrite_acc)"), ("gen", "generalization (rephrase_acc)"),
-                  ("loc", "locality")]
+PLOTTED_SCORES = [("rel", "reliability (rewrite_acc)"), ("gen", "generalization (rephrase_acc)"), ("loc", "locality")]
 PARAMS_SHARE_OF_ROME = 0.01
 METHOD_RANK = {name: rank for rank, name in enumerate(METHODS)}  # table order; a method not listed comes last
 RUN_FIELDS = ("method", "set", "scenario", "n")  # what names a run, in a result and in a progress header
@@ -213,12 +212,10 @@ def curve_points(runs: List[dict], n: int, data_set: str, method: str) -> Dict[s
 
 
 def write_plots(runs: List[dict], args) -> List[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullFormatter
 
+    plt.switch_backend("Agg")
     paths = []
     methods = sorted({r["method"] for r in runs}, key=lambda method: METHOD_RANK.get(method, len(METHODS)))
     with_sequences = {(r["n"], r["set"]) for r in runs if r["scenario"].startswith("seq")}

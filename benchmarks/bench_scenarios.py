@@ -26,10 +26,6 @@ SCORES = ("rel", "gen", "loc", "port")
 SCENARIO_PATTERN = re.compile(r"^(single|batch(\d+)|seq(\d+)|seqbatch(\d+)x(\d+))$")
 
 
-class HostError(RuntimeError):
-    """EasyEdit could not be imported or lacks what the benchmark needs; the message says how to fix it."""
-
-
 @dataclass
 class Host:
     """The host functions a scenario needs, so every definition stays EasyEdit's (tests pass stand-ins)."""
@@ -50,18 +46,18 @@ class Host:
         root = os.environ.get("EASYEDIT_ROOT")
         if root:
             if not (Path(root) / "easyeditor").is_dir():
-                raise HostError(f"EASYEDIT_ROOT={root!r} has no easyeditor/ folder; point it at an EasyEdit checkout")
+                raise RuntimeError(f"EASYEDIT_ROOT={root!r} has no easyeditor/ folder; name an EasyEdit checkout")
             sys.path.insert(0, str(Path(root).resolve()))
         import easyedit_baft
 
         try:
             import easyeditor  # noqa: F401
         except ImportError as err:
-            raise HostError(f"cannot import easyeditor ({err}); set EASYEDIT_ROOT to an EasyEdit checkout (see docs: "
-                            "git archive of zjunlp/EasyEdit) and use a venv where its requirements import") from err
+            raise RuntimeError(f"cannot import easyeditor ({err}); set EASYEDIT_ROOT to an EasyEdit checkout and use a "
+                               "venv where its requirements import (docs/HOST_INTEGRATION.md)") from err
         if not easyedit_baft.register_with_host():  # 'BaFT' into ALG_DICT, the restore set and the batch check
-            raise HostError("'BaFT' is not in easyeditor's ALG_DICT after registering it; install a version of "
-                            "easyedit_baft whose registration covers this EasyEdit (easyedit_baft/host.py)")
+            raise RuntimeError("'BaFT' is not in easyeditor's ALG_DICT after registering it; install a version of "
+                               "easyedit_baft whose registration covers this EasyEdit (easyedit_baft/host.py)")
         fluency_without_punkt()  # the host's fluency needs NLTK data an offline machine may lack
         from easyeditor.editors.editor import BaseEditor, finalize_locality_metrics
         from easyeditor.editors.utils import _prepare_requests, restore_after_edit
@@ -90,9 +86,7 @@ class Scenario:
         _, batch, seq, seq_batch, calls = match.groups()
         if batch or name == "single":
             return Scenario(name, "batch" if batch else "single", int(batch or 1))
-        if seq:
-            return Scenario(name, "seq", int(seq))
-        return Scenario(name, "seq", int(seq_batch) * int(calls), int(seq_batch))
+        return Scenario(name, "seq", int(seq or seq_batch) * int(calls or 1), int(seq_batch or 1))
 
 
 def scenario_arg(name: str) -> Scenario:
