@@ -61,15 +61,13 @@ def load_runs(results_dir: Path) -> List[dict]:
     for path in sorted(result_files):
         saved = json.loads(path.read_text()) if path.is_file() else {}
         run = saved if saved.get("status") == "ok" else _partial_of(path) or saved
-        runs.extend([run] if run else [])
-    for run in runs:
         records = run.pop("records", None)  # per-request scores stay in runs/
         if run.get("status") in ("ok", "partial"):
             with_harmonic_means(run)
             if run["set"].startswith("knowedit") and records:  # also summarised KnowEdit's own way
                 run["knowedit"] = knowedit_summary(records)
-    runs.sort(key=_table_order)
-    return runs
+        runs += [run] if run else []
+    return sorted(runs, key=_table_order)
 
 
 def _grouped(runs: List[dict]) -> Dict[tuple, List[dict]]:

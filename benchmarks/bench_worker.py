@@ -51,9 +51,7 @@ class RunSpec:
 
     def record(self) -> dict:
         """What a result stores of its spec (its hparams are stored beside, as 'hparams')."""
-        spec = self.as_dict()
-        spec.pop("hparams")
-        return {"run_key": self.key, "run_spec": spec}
+        return {"run_key": self.key, "run_spec": {k: v for k, v in self.as_dict().items() if k != "hparams"}}
 
 
 def model_fingerprint(model_dir) -> str:

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,10 +79,8 @@ def print_section(name: str, numbers: dict) -> dict:
 
 def main():
     args = parse_args()
-    sys.path.insert(0, args.package_root)
     torch.set_num_threads(args.threads)
-    from tqdm.auto import tqdm
-
+    sys.path.insert(0, args.package_root)  # the easyedit_baft measured: this checkout's or another's
     from easyedit_baft import layers as plumbing
     from easyedit_baft.baft_main import apply_baft_to_model
     from easyedit_baft.hparams import BaFTHyperParams

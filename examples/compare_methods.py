@@ -52,8 +52,7 @@ def main(argv=None) -> int:
                                args.scenario.edits_per_call)
         missing = missing_statistics(hparams, model)
         if missing:  # the host would try to compute them from Wikipedia, online
-            run = {"status": "skipped", "method": name,
-                   "reason": f"{missing[0]} is missing; run python examples/memit_stats.py"}
+            run = {"status": "skipped", "method": name, "reason": f"missing {missing[0]} (examples/memit_stats.py)"}
         else:
             editor = open_editor(host, spec, hparams)  # the host's BaseEditor(hparams)
             result = run_scenario(host, editor, spec, args.scenario, requests, pre_edit_metrics(host, editor, requests),
