@@ -173,7 +173,7 @@ ADAPTERS: Dict[str, Adapter] = {a.alg_name: a for a in [
 class MethodSpec:
     name: str  # as shown in the tables
     alg_name: str  # its adapter (ADAPTERS), and the folder of its hparams files
-    baft_overrides: Dict[str, object] = field(default_factory=dict)  # BaFT ablations
+    overrides: Dict[str, object] = field(default_factory=dict)  # fields changed in the adapter's hparams file
     optional: bool = False  # run only when named in --methods
     batchable: bool = False  # the host's batch check admits it
     takes_loc_prompts: bool = False  # trains on unrelated prompts passed as loc_prompt (WISE)
@@ -192,6 +192,8 @@ METHODS: Dict[str, MethodSpec] = {spec.name: spec for spec in [
     MethodSpec("MEMIT", "MEMIT", batchable=True),
     MethodSpec("GRACE", "GRACE"),
     MethodSpec("FT-L", "FT", optional=True, batchable=True),
+    # KnowEdit's FT-M: the same fine-tuning, its loss on the target tokens only.
+    MethodSpec("FT-M", "FT", {"objective_optimization": "target_new"}, optional=True, batchable=True),
     MethodSpec("LoRA", "LoRA", optional=True, batchable=True),
     MethodSpec("WISE", "WISE", optional=True, takes_loc_prompts=True),
     MethodSpec("AlphaEdit", "AlphaEdit", optional=True, batchable=True),
@@ -216,8 +218,8 @@ def load_hparams(spec: MethodSpec, path: Path, model_dir: str, stats_dir: Option
         raise FileNotFoundError(f"{spec.name}: hparams file {path} does not exist; pass --hparams {spec.name}=PATH "
                                 "(or --baft-hparams / --hparams-dir)")
     hparams = spec.adapter.hparams_type().from_hparams(str(path))
-    if spec.baft_overrides:
-        hparams = dataclasses.replace(hparams, **spec.baft_overrides)  # re-validated by __post_init__
+    if spec.overrides:
+        hparams = dataclasses.replace(hparams, **spec.overrides)  # re-validated by __post_init__
     hparams.model_name, hparams.device = model_dir, "cpu"
     if hasattr(hparams, "batch_size"):
         hparams.batch_size = batch_size

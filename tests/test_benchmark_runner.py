@@ -299,6 +299,15 @@ def test_relative_locality_source_is_read_from_the_yaml_folder(tmp_path, monkeyp
     assert load_hparams(METHODS["BaFT"], path, "model-dir", None).locality_source == expected
 
 
+def test_a_method_variant_is_its_file_with_the_overrides_applied():
+    # ReFT is BaFT's file with every gate open: the override, not the file, decides the gate.
+    shipped = REPO_ROOT / "hparams" / "BaFT" / "smollm2-135m.yaml"
+    assert load_hparams(METHODS["BaFT"], shipped, "model-dir", None).gate == "learned"
+    reft = load_hparams(METHODS["ReFT"], shipped, "model-dir", None)
+    assert (reft.gate, reft.model_name, reft.device) == ("ones", "model-dir", "cpu")
+    assert METHODS["FT-M"].alg_name == "FT" and METHODS["FT-M"].overrides == {"objective_optimization": "target_new"}
+
+
 class WorkerEditor(FakeEditor):
     """The host's BaseEditor(hparams) for the worker: counts every edit made, in any instance."""
 
