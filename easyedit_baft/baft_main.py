@@ -12,12 +12,12 @@ import torch
 from . import layers as plumbing
 from .hparams import BaFTHyperParams
 from .requests import validate_requests
-from .trainer import build_interventions, train_edit
+from .trainer import build_interventions, fit_gate_centers, train_edit
 
 LOG = logging.getLogger(__name__)
 
 # Fields that fix the shape of the interventions: later edits on the same model must agree.
-STRUCTURAL_FIELDS = ("layers", "rank", "gate")
+STRUCTURAL_FIELDS = ("layers", "rank", "gate", "gate_center")
 
 
 class RestoreEdit:
@@ -81,7 +81,10 @@ def apply_baft_to_model(
     state = plumbing.get_state(model)
     snapshot = None
     if state is None:
-        state = plumbing.attach(model, build_interventions(model, hparams), hparams.to_dict())
+        interventions = build_interventions(model, hparams)
+        if hparams.gate_center:
+            fit_gate_centers(model, tok, interventions, hparams)
+        state = plumbing.attach(model, interventions, hparams.to_dict())
     else:
         _check_compatible(state, hparams)
         snapshot = state.snapshot()

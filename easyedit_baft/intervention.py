@@ -1,7 +1,8 @@
 """The BaFT intervention: a gated update of a hidden state inside a rank-r subspace.
 
     Phi(h) = h + R^T ( g(h) * (W h + b - R h) )
-    g(h)   = sigmoid( (U h + c) / tau ),  h RMS-normalised first when gate_input_norm is on
+    g(h)   = sigmoid( (U (h - mu) + c) / tau ),  h RMS-normalised first when gate_input_norm is on
+    mu     = the mean of (normalised) h over unrelated text at this layer with gate_center, else 0
     g_i(h) = 0 for a frozen basis i whose g_i(h) <= gate_floor (the trainable block stays smooth)
 
 R (r x d) has orthonormal rows within each block of bases. With g == 1 this is LoReFT (Wu et al., 2024).
@@ -55,6 +56,7 @@ class BaFTIntervention(nn.Module):
         generator: torch.Generator | None = None,
         gate_input_norm: bool = True,
         gate_floor: float = 0.0,
+        gate_center: bool = False,
     ):
         super().__init__()
         if rank > hidden_size:
@@ -64,6 +66,8 @@ class BaFTIntervention(nn.Module):
         self.gate_init_bias, self.gate_init_std = gate_init_bias, gate_init_std
         self.gate_input_norm, self.gate_floor = gate_input_norm, float(gate_floor)
         self.n_frozen = 0  # bases frozen by grow(); the trainable block follows them
+        # mu, set once by set_gate_center; None (and absent from the state dict) without gate_center.
+        self.register_buffer("gate_center", torch.zeros(hidden_size) if gate_center else None)
         for name in FROZEN_BUFFERS:
             self.register_buffer(name, None)
         self._set_frozen(self._zero_frozen(0))
@@ -131,14 +135,27 @@ class BaFTIntervention(nn.Module):
     def R(self) -> torch.Tensor:
         return self._bases()[0]
 
+    def gate_input(self, h: torch.Tensor) -> torch.Tensor:
+        """What U reads before centering: h, or h / rms(h) with gate_input_norm."""
+        if not self.gate_input_norm:
+            return h
+        # Residual-stream norms vary by orders of magnitude across positions and layers;
+        # gating on the direction keeps the sigmoid out of saturation.
+        return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+    @torch.no_grad()
+    def set_gate_center(self, mu: torch.Tensor) -> None:
+        if self.gate_center is None:
+            raise ValueError("set_gate_center on an intervention built with gate_center=False")
+        self.gate_center.copy_(mu.to(self.gate_center))
+
     def _gates(self, h: torch.Tensor, U: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         if self.gate_mode == "ones":
             return torch.ones(*h.shape[:-1], U.shape[0], dtype=h.dtype, device=h.device)
-        if self.gate_input_norm:
-            # Residual-stream norms vary by orders of magnitude across positions and layers;
-            # gating on the direction keeps the sigmoid out of saturation.
-            h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
-        return torch.sigmoid((h @ U.T + c) / self.temperature)
+        x = self.gate_input(h)
+        if self.gate_center is not None:
+            x = x - self.gate_center
+        return torch.sigmoid((x @ U.T + c) / self.temperature)
 
     def _closed_below_floor(self, g: torch.Tensor, trainable_only: bool) -> torch.Tensor:
         # Many frozen edits each barely open add up to a shift of every input; shut them exactly.

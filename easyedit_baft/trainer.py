@@ -428,7 +428,35 @@ def build_interventions(model, hp: BaFTHyperParams) -> Dict[int, plumbing.BaFTIn
     return {
         i: plumbing.BaFTIntervention(
             d, hp.rank, hp.gate_temperature, hp.gate_init_bias, hp.gate_init_std, hp.gate, generator,
-            hp.gate_input_norm, hp.gate_floor,
+            hp.gate_input_norm, hp.gate_floor, hp.gate_center,
         )
         for i in hp.layers
     }
+
+
+GATE_CENTER_PROMPTS = 256  # unrelated prompts whose tokens estimate mu (their order is the pool's)
+
+
+@torch.no_grad()
+def fit_gate_centers(model, tok, interventions: Dict[int, plumbing.BaFTIntervention], hp: BaFTHyperParams) -> None:
+    """Set each intervention's gate center mu: the mean gate input over the unrelated pool's tokens,
+    read from the model before any edit (so it is the same whatever is edited first)."""
+    pool = unrelated_prompts(hp.locality_source)[:GATE_CENTER_PROMPTS]
+    rows = [ids for ids in (tok(text)["input_ids"][-hp.max_length:] for text in pool) if ids]
+    if not rows:
+        raise ValueError(f"gate_center needs unrelated prompts; locality_source={hp.locality_source!r} gave none")
+    indices = sorted(interventions)
+    sums = {i: 0.0 for i in indices}
+    was_training = model.training
+    model.eval()  # no dropout noise in mu
+    for start in range(0, len(rows), 32):
+        batch = pad_rows(rows[start:start + 32], [0] * len(rows[start:start + 32]), pad_id_of(tok)).to(_input_device(model))
+        captured = plumbing.capture_intervention_inputs(model, indices, input_ids=batch.input_ids,
+                                                        attention_mask=batch.attention_mask)
+        real = batch.attention_mask.bool()
+        for i in indices:
+            sums[i] = sums[i] + interventions[i].gate_input(captured[i][real].float()).sum(0).cpu()
+    model.train(was_training)
+    n_tokens = sum(len(r) for r in rows)
+    for i in indices:
+        interventions[i].set_gate_center(sums[i] / n_tokens)

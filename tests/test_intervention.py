@@ -162,3 +162,36 @@ def test_gate_floor_out_of_range_is_refused():
     from easyedit_baft.hparams import HParamsError
     with pytest.raises(HParamsError, match="gate_floor=1.0"):
         hparams(gate_floor=1.0)
+
+
+def test_gate_center_is_subtracted_from_the_normalised_input_and_stored_only_when_on():
+    module = randomised(BaFTIntervention(D, R_, gate_center=True))
+    mu = hidden(D, seed=7)
+    module.set_gate_center(mu)
+    h = hidden(2, 5, D)
+    x = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(module.gates(h), torch.sigmoid((x - mu) @ module.gate_weight.T + module.gate_bias))
+    assert "gate_center" in module.state_dict()
+    plain = BaFTIntervention(D, R_)
+    assert "gate_center" not in plain.state_dict()
+    with pytest.raises(ValueError, match="gate_center=False"):
+        plain.set_gate_center(mu)
+
+
+def test_gate_center_is_the_mean_gate_input_over_the_unrelated_pool_before_any_edit(tok):
+    from easyedit_baft.prompt_sources import unrelated_prompts
+    from easyedit_baft.trainer import GATE_CENTER_PROMPTS
+    model = tiny_llama()
+    hp = hparams(layers=[1], gate_center=True)
+    pool = unrelated_prompts(hp.locality_source)[:GATE_CENTER_PROMPTS]
+    inputs = []
+    for text in pool:
+        ids = tok(text, return_tensors="pt")
+        h = plumbing.capture_intervention_inputs(model, [1], **ids)[1][0]
+        inputs.append(h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6))
+    expected = torch.cat(inputs).mean(0)
+    edit(model, tok, REQUESTS[0], hp)
+    module = plumbing.get_state(model).interventions[1]
+    torch.testing.assert_close(module.gate_center, expected, rtol=1e-4, atol=1e-5)
+    edit(model, tok, REQUESTS[1], hp)  # set once: later edits leave it
+    torch.testing.assert_close(module.gate_center, expected, rtol=1e-4, atol=1e-5)

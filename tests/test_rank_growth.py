@@ -95,9 +95,10 @@ def test_undoing_a_growing_edit_restores_the_smaller_interventions_exactly(tok):
     assert torch.equal(logits(model, tok), before)
 
 
-def test_grown_edits_survive_save_and_load_bit_identically(tok, tmp_path):
+@pytest.mark.parametrize("gate_center", [False, True])
+def test_grown_edits_survive_save_and_load_bit_identically(tok, tmp_path, gate_center):
     model = tiny_llama()
-    hp = grown_hparams()
+    hp = dataclasses.replace(grown_hparams(), gate_center=gate_center)
     for request in REQUESTS[:3]:
         edit(model, tok, request, hp)
     fresh = tiny_llama()

@@ -80,6 +80,9 @@ class BaFTHyperParams(_HostHyperParams):
     gate_init_bias: float = -3.0  # gates start nearly closed, so unrelated inputs start untouched
     gate_init_std: float = 0.0
     gate_input_norm: bool = True  # the gate reads h / rms(h): a project choice, see intervention.py
+    # The gate reads its input minus its mean over the unrelated prompts' tokens at the layer:
+    # hidden states share a large common direction, which otherwise opens a gate for every input.
+    gate_center: bool = False
     # A frozen basis (an earlier edit, with grow_rank) whose gate is at most this adds nothing there.
     gate_floor: float = 0.0
 
@@ -224,7 +227,8 @@ def validate(hp: BaFTHyperParams) -> None:
         or (isinstance(hp.device, str) and hp.device.split(":")[0] in ("cpu", "cuda", "mps"))
     ):
         _fail("device", hp.device, "use a CUDA index (0, 1, ...) or 'cpu', 'cuda', 'cuda:N', 'mps'")
-    for name in ("model_parallel", "fp16", "gate_input_norm", "early_stop_waits_for_replay", "replay_at_layer"):
+    for name in ("model_parallel", "fp16", "gate_input_norm", "gate_center", "early_stop_waits_for_replay",
+                 "replay_at_layer"):
         _check_bool(hp, name)
     _check_int(hp, "batch_size", 1)
     _check_int(hp, "max_length", 1)
