@@ -356,6 +356,27 @@ def loss_terms(model, batch: EditBatch, modules: Dict[int, plumbing.BaFTInterven
 # --- the loop --------------------------------------------------------------------------------
 
 
+@dataclass
+class _KeptStep:
+    """A training step's parameters, its report and its edit rows' gates, to end the edit there."""
+
+    report: EditReport
+    params: List[torch.Tensor]
+    usage: Dict[int, torch.Tensor]
+
+    @classmethod
+    def of(cls, report, params, modules, batch) -> "_KeptStep":
+        return cls(report, [p.detach().clone() for p in params],
+                   {i: _edit_gates(m, batch).detach() for i, m in modules.items()})
+
+    @torch.no_grad()
+    def restore(self, params, steps: int) -> EditReport:
+        for p, saved in zip(params, self.params):
+            p.copy_(saved)
+        self.report.steps = steps  # the forward passes spent, not the step kept
+        return self.report
+
+
 def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plumbing.BaFTState) -> EditReport:
     """Fit the interventions in `state` so that `requests` hold; edits before stay in place."""
     start, timer = time.perf_counter(), _Timer()
@@ -372,6 +393,7 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
         optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
         for m in modules.values():
             m.record_gates = True
+        kept = None  # the in-budget step with the lowest edit loss: what a step-capped edit ends with
         with plumbing.reuse_layer_input(model, indices[0], batch.layer_input):
             for step in tqdm(range(hp.n_steps), desc="BaFT edit", leave=False, disable=None):
                 with torch.enable_grad():
@@ -388,6 +410,9 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
                         or unrelated <= hp.early_stop_locality
                     if edit_done and local_enough:
                         break
+                    if hp.early_stop_locality is not None and not math.isnan(unrelated) and local_enough and (
+                            kept is None or report.edit_loss < kept.report.edit_loss):
+                        kept = _KeptStep.of(report, params, modules, batch)
                     with timer("backward"):
                         grads = torch.autograd.grad(loss, params, allow_unused=True)
                 with timer("optimizer"):
@@ -397,10 +422,16 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
                     optimizer.zero_grad(set_to_none=True)
                     for m in modules.values():
                         m.retract()
-        # Record which bases this edit opens (gates of the last forward), for later edits' balancing.
+            else:
+                # The step cap: the last step's locality is untested, maybe unmet. A failed edit must
+                # not shift every input, so it ends at its best step within the budget.
+                if kept is not None:
+                    report = kept.restore(params, hp.n_steps)
+        # Record which bases this edit opens (gates of the kept step), for later edits' balancing.
         with torch.no_grad():
-            for m in modules.values():
-                m.basis_usage += _edit_gates(m, batch).detach().sum(0).to(m.basis_usage.device)
+            for i, m in modules.items():
+                usage = kept.usage[i] if kept is not None and report is kept.report else _edit_gates(m, batch)
+                m.basis_usage += usage.detach().sum(0).to(m.basis_usage.device)
     finally:
         for m in modules.values():
             m.record_gates, m.last_gates = False, None

@@ -233,10 +233,39 @@ def test_early_stop_waits_for_locality_when_asked(tok):
         model = tiny_llama()
         edit(model, tok, REQUESTS[0], hparams(early_stop_locality=threshold))
         report = plumbing.get_state(model).last_report
-        assert report.holds
         steps[threshold] = report.steps
-    assert report.unrelated_change <= 0.002 or report.steps == hparams().n_steps
+        assert report.holds or threshold is not None
+    assert report.unrelated_change <= 0.002  # met by early stop, or kept at the step cap
     assert steps[0.002] > steps[None]
+
+
+def _unrelated_peak_change(model, tok, module_index: int, prompts) -> float:
+    """The locality penalty recomputed from scratch: mean over prompts of the peak relative change."""
+    module = plumbing.get_state(model).interventions[module_index]
+    peaks = []
+    for text in prompts:
+        ids = tok(text, return_tensors="pt")
+        with plumbing.interventions_disabled(model):
+            h = plumbing.capture_intervention_inputs(model, [module_index], **ids)[module_index][0].float()
+        peaks.append((module.change(h).norm(dim=-1) / h.norm(dim=-1)).max().item())
+    return sum(peaks) / len(peaks)
+
+
+def test_a_step_capped_edit_ends_within_the_locality_budget(tok, tmp_path):
+    # A large step and a tight budget: the last steps move unrelated prompts far past it.
+    prompts = ["The weather today is", "My favourite colour is", "Trains leave from the station at"]
+    pool = tmp_path / "pool.txt"
+    pool.write_text("\n".join(prompts))
+    changes = {}
+    for budget in (None, 0.01):
+        model = tiny_llama()
+        hp = hparams(layers=[1], lr=0.5, n_steps=6, early_stop="none", early_stop_locality=budget,
+                     locality_source=str(pool), n_locality_prompts=len(prompts), lambda_loc=1e-6)
+        edit(model, tok, REQUESTS[0], hp)
+        changes[budget] = _unrelated_peak_change(model, tok, 1, prompts)
+        assert plumbing.get_state(model).last_report.steps == 6
+    assert changes[None] > 0.01  # unconstrained, the edit leaves the budget
+    assert changes[0.01] <= 0.01 + 1e-6
 
 
 def test_subject_swaps_keep_the_same_question_about_others_unchanged(tok):

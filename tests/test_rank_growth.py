@@ -10,7 +10,7 @@ import torch
 from tiny_models import REQUESTS, edit, hparams, logits, randomised, target_holds, tiny_llama
 from easyedit_baft import layers as plumbing
 from easyedit_baft.artifacts import load_edits, save_edits
-from easyedit_baft.intervention import FROZEN_BUFFERS, BaFTIntervention
+from easyedit_baft.intervention import FROZEN_BUFFERS, ORTHOGONAL_SHARE, BaFTIntervention
 
 D, RANK = 16, 4
 
@@ -53,9 +53,11 @@ def test_growth_has_no_cap_at_the_hidden_size():
     module = BaFTIntervention(D, RANK)
     for seed in range(D):  # 4 + 16 * 4 bases in a 16-dimensional space
         module.grow(RANK, torch.Generator().manual_seed(seed + 1))  # seed 0 drew the first block
-        if module.rank == D:  # the space is full: every basis so far is orthogonal to the others
+        if module.rank == ORTHOGONAL_SHARE * D:  # every basis so far is orthogonal to the others
             R = module.R.detach()
-            torch.testing.assert_close(R @ R.T, torch.eye(D), rtol=0, atol=1e-4)
+            torch.testing.assert_close(R @ R.T, torch.eye(module.rank), rtol=0, atol=1e-4)
+    R = module.R.detach()
+    assert not torch.allclose(R @ R.T, torch.eye(module.rank), atol=1e-3)  # past the share, blocks are free
     assert module.rank == RANK * (D + 1) > D
     assert module.num_parameters() == 3 * RANK * D + 2 * RANK  # what one edit trains stays the same
 
