@@ -43,7 +43,9 @@ def _grow(state: plumbing.BaFTState, hparams: BaFTHyperParams) -> None:
 
 def _check_compatible(state: plumbing.BaFTState, hparams: BaFTHyperParams) -> None:
     for name in STRUCTURAL_FIELDS:
-        before, now = state.hparams[name], getattr(hparams, name)
+        # Edits saved before a field existed were made with its default.
+        before = state.hparams.get(name, BaFTHyperParams.__dataclass_fields__[name].default)
+        now = getattr(hparams, name)
         if before != now:
             raise ValueError(
                 f"{name}={now!r}, but this model already carries BaFT edits made with {name}={before!r}; "

@@ -480,14 +480,17 @@ def fit_gate_centers(model, tok, interventions: Dict[int, plumbing.BaFTIntervent
     sums = {i: 0.0 for i in indices}
     was_training = model.training
     model.eval()  # no dropout noise in mu
-    for start in range(0, len(rows), 32):
-        batch = pad_rows(rows[start:start + 32], [0] * len(rows[start:start + 32]), pad_id_of(tok)).to(_input_device(model))
-        captured = plumbing.capture_intervention_inputs(model, indices, input_ids=batch.input_ids,
-                                                        attention_mask=batch.attention_mask)
-        real = batch.attention_mask.bool()
-        for i in indices:
-            sums[i] = sums[i] + interventions[i].gate_input(captured[i][real].float()).sum(0).cpu()
-    model.train(was_training)
+    try:
+        for start in range(0, len(rows), 32):
+            chunk = rows[start:start + 32]
+            batch = pad_rows(chunk, [0] * len(chunk), pad_id_of(tok)).to(_input_device(model))
+            captured = plumbing.capture_intervention_inputs(model, indices, input_ids=batch.input_ids,
+                                                            attention_mask=batch.attention_mask)
+            for i in indices:  # sliced by length: layers may sit on other devices than the mask
+                real = torch.cat([captured[i][k, :len(ids)] for k, ids in enumerate(chunk)])
+                sums[i] = sums[i] + interventions[i].gate_input(real.float()).sum(0).cpu()
+    finally:
+        model.train(was_training)
     n_tokens = sum(len(r) for r in rows)
     for i in indices:
         interventions[i].set_gate_center(sums[i] / n_tokens)
