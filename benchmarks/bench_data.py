@@ -54,5 +54,4 @@ def requests_from_records(prepare_requests, records: List[dict]) -> List[dict]:
 
 def training_loc_prompts(data_dir: Path, n: int) -> List[str]:
     """Unrelated prompts for methods that take them at training time (WISE), from the train split."""
-    records = json.loads((data_dir / LOC_PROMPT_FILE).read_text(encoding="utf-8"))[:n]
-    return [r["loc"] + " " + r["loc_ans"] for r in records]
+    return [r["loc"] + " " + r["loc_ans"] for r in json.loads((data_dir / LOC_PROMPT_FILE).read_text("utf-8"))[:n]]

@@ -192,7 +192,6 @@ METHODS: Dict[str, MethodSpec] = {spec.name: spec for spec in [
     MethodSpec("MEMIT", "MEMIT", batchable=True),
     MethodSpec("GRACE", "GRACE"),
     MethodSpec("FT-L", "FT", optional=True, batchable=True),
-    # KnowEdit's FT-M: the same fine-tuning, its loss on the target tokens only.
     MethodSpec("FT-M", "FT", {"objective_optimization": "target_new"}, optional=True, batchable=True),
     MethodSpec("LoRA", "LoRA", optional=True, batchable=True),
     MethodSpec("WISE", "WISE", optional=True, takes_loc_prompts=True),

@@ -244,8 +244,8 @@ def write_report(args, quiet: bool) -> None:
     if not runs:
         return
     targets = check_targets(runs)
-    (args.results_dir / "results.json").write_text(
-        json.dumps({"model": args.model, "runs": runs, "targets": targets}, indent=1))
+    summary = {"model": args.model, "runs": runs, "targets": targets}
+    (args.results_dir / "results.json").write_text(json.dumps(summary, indent=1))
     table = markdown_tables(runs, args) + "\n## Targets\n\n" + "\n".join(f"- {t}" for t in targets) + "\n"
     (args.results_dir / "results.md").write_text(table)
     plots = write_plots(runs, args)
