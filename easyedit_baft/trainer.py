@@ -104,12 +104,13 @@ def _unrelated_rows(tok, requests: List[dict], hp: BaFTHyperParams, rng: random.
         swapped = subject_swapped_prompts(request["prompt"], request.get("subject"), hp.n_subject_swaps, rng)
         swapped += relation_swapped_prompts(request["prompt"], request.get("subject"), hp.n_relation_swaps, rng)
         chosen += [(text, False) for text in swapped]
-    rows = []
-    for text, cacheable in chosen:
-        ids = tok(text)["input_ids"][-hp.max_length:]
-        if ids:
-            rows.append(_Row(ids, len(ids), RowKind.UNRELATED, cacheable))
-    return rows
+    return [row for row in (_unrelated_row(tok, text, hp, cacheable) for text, cacheable in chosen) if row]
+
+
+def _unrelated_row(tok, text: str, hp: BaFTHyperParams, cacheable: bool) -> Optional[_Row]:
+    """A prompt held unchanged, scored on all its tokens; None when it tokenizes to nothing."""
+    ids = tok(text)["input_ids"][-hp.max_length:]
+    return _Row(ids, len(ids), RowKind.UNRELATED, cacheable) if ids else None
 
 
 def _input_device(model) -> torch.device:
@@ -394,6 +395,7 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
         for m in modules.values():
             m.record_gates = True
         kept = None  # the in-budget step with the lowest edit loss: what a step-capped edit ends with
+        kept_usage = None  # its edit rows' gates, once the edit ends there
         with plumbing.reuse_layer_input(model, indices[0], batch.layer_input):
             for step in tqdm(range(hp.n_steps), desc="BaFT edit", leave=False, disable=None):
                 with torch.enable_grad():
@@ -406,12 +408,11 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
                     report = EditReport(step + 1, 0.0, loss.item(), terms["edit"].item(), holds, unrelated)
                     edit_done = (hp.early_stop == "argmax" and holds) or (
                         hp.early_stop == "loss" and report.edit_loss < hp.early_stop_loss)
-                    local_enough = hp.early_stop_locality is None or math.isnan(unrelated) \
-                        or unrelated <= hp.early_stop_locality
+                    budgeted = hp.early_stop_locality is not None and not math.isnan(unrelated)
+                    local_enough = not budgeted or unrelated <= hp.early_stop_locality
                     if edit_done and local_enough:
                         break
-                    if hp.early_stop_locality is not None and not math.isnan(unrelated) and local_enough and (
-                            kept is None or report.edit_loss < kept.report.edit_loss):
+                    if budgeted and local_enough and (kept is None or report.edit_loss < kept.report.edit_loss):
                         kept = _KeptStep.of(report, params, modules, batch)
                     with timer("backward"):
                         grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -426,11 +427,11 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
                 # The step cap: the last step's locality is untested, maybe unmet. A failed edit must
                 # not shift every input, so it ends at its best step within the budget.
                 if kept is not None:
-                    report = kept.restore(params, hp.n_steps)
-        # Record which bases this edit opens (gates of the kept step), for later edits' balancing.
+                    report, kept_usage = kept.restore(params, hp.n_steps), kept.usage
+        # Record which bases this edit opens (gates of the step it ends at), for later edits' balancing.
         with torch.no_grad():
             for i, m in modules.items():
-                usage = kept.usage[i] if kept is not None and report is kept.report else _edit_gates(m, batch)
+                usage = kept_usage[i] if kept_usage is not None else _edit_gates(m, batch)
                 m.basis_usage += usage.detach().sum(0).to(m.basis_usage.device)
     finally:
         for m in modules.values():
@@ -473,24 +474,16 @@ def fit_gate_centers(model, tok, interventions: Dict[int, plumbing.BaFTIntervent
     """Set each intervention's gate center mu: the mean gate input over the unrelated pool's tokens,
     read from the model before any edit (so it is the same whatever is edited first)."""
     pool = unrelated_prompts(hp.locality_source)[:GATE_CENTER_PROMPTS]
-    rows = [ids for ids in (tok(text)["input_ids"][-hp.max_length:] for text in pool) if ids]
+    rows = [row for row in (_unrelated_row(tok, text, hp, cacheable=True) for text in pool) if row]
     if not rows:
         raise ValueError(f"gate_center needs unrelated prompts; locality_source={hp.locality_source!r} gave none")
     indices = sorted(interventions)
-    sums = {i: 0.0 for i in indices}
     was_training = model.training
     model.eval()  # no dropout noise in mu
     try:
-        for start in range(0, len(rows), 32):
-            chunk = rows[start:start + 32]
-            batch = pad_rows(chunk, [0] * len(chunk), pad_id_of(tok)).to(_input_device(model))
-            captured = plumbing.capture_intervention_inputs(model, indices, input_ids=batch.input_ids,
-                                                            attention_mask=batch.attention_mask)
-            for i in indices:  # sliced by length: layers may sit on other devices than the mask
-                real = torch.cat([captured[i][k, :len(ids)] for k, ids in enumerate(chunk)])
-                sums[i] = sums[i] + interventions[i].gate_input(real.float()).sum(0).cpu()
+        # Cacheable like the edits' own pool rows: the first edit reads those it samples back.
+        states = _states_at_interventions(model, indices, rows, _input_device(model))
     finally:
         model.train(was_training)
-    n_tokens = sum(len(r) for r in rows)
     for i in indices:
-        interventions[i].set_gate_center(sums[i] / n_tokens)
+        interventions[i].set_gate_center(interventions[i].gate_input(torch.cat(states[i]).float()).mean(0))
