@@ -111,6 +111,7 @@ def apply_baft_to_model(
         undo()  # an exception, a KeyboardInterrupt or a non-finite loss: leave no trace
         raise
 
-    LOG.info("BaFT: %d request(s) in %d steps, %.2fs, edit loss %.4f, holds=%s, unrelated change %.4f",
-             len(requests), report.steps, report.seconds, report.edit_loss, report.holds, report.unrelated_change)
+    LOG.info("BaFT: %d request(s) in %d steps, %.2fs, edit loss %.4f, holds=%s, unrelated change %.4f%s",
+             len(requests), report.steps, report.seconds, report.edit_loss, report.holds, report.unrelated_change,
+             f", {report.screened_in} screened in" if hparams.screen_negatives else "")
     return model, (undo if return_orig_weights else {})

@@ -43,6 +43,7 @@ class EditReport:
     unrelated_change: float = math.nan  # the locality penalty on unrelated prompts (nan: none were used)
     rows: int = 0  # rows in each forward pass
     held_rows: int = 0  # rows held unchanged at the intervened layer (unrelated, replayed at the layer)
+    screened_in: int = 0  # of those, rows the screen of pool and earlier prompts added (screen_negatives)
     tokens: int = 0  # real tokens in each forward pass
     seconds_by_phase: Dict[str, float] = field(default_factory=dict)
 
@@ -213,6 +214,14 @@ class EditBatch:
     unrelated_mask: Optional[torch.Tensor]
     reference: Optional[torch.Tensor]  # pre-edit log-probs at unrelated positions, for the KL term
     unrelated_pos: Optional[torch.Tensor]
+    held_states: Optional[Dict[int, List[torch.Tensor]]] = None  # unrelated_states before padding
+
+    def hold_also(self, extra: Dict[int, List[torch.Tensor]]) -> None:
+        """Hold more prompts unchanged at the layer, given their states there, (len, d) per prompt."""
+        for i, states in extra.items():
+            self.held_states[i] = self.held_states[i] + states
+            padded, self.unrelated_mask = _pad_states(self.held_states[i])
+            self.unrelated_states[i] = padded.float()
 
 
 def _row_mask(rows: List[_Row], kinds, device) -> torch.Tensor:
@@ -252,7 +261,7 @@ def build_batch(model, tok, requests: List[dict], hp: BaFTHyperParams, state: pl
             hidden = model.base_model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
                                       use_cache=False).last_hidden_state[:, :-1]
             reference = F.log_softmax(model.get_output_embeddings()(hidden[unrelated_pos]).float(), -1)
-        unrelated_states = unrelated_mask = None
+        unrelated_states = unrelated_mask = per_layer = None
         # With gate='ones' (ReFT) only the change penalty is meaningful; the gate mean is constant.
         if unrelated and hp.lambda_loc > 0 and not (hp.gate == "ones" and hp.locality_penalty == "gate_mean"):
             per_layer = _states_at_interventions(model, indices, unrelated, device)
@@ -261,7 +270,43 @@ def build_batch(model, tok, requests: List[dict], hp: BaFTHyperParams, state: pl
                 unrelated_states[i], unrelated_mask = _pad_states(per_layer[i])
             unrelated_states = {i: s.float() for i, s in unrelated_states.items()}
     return EditBatch(forward_rows, tokens, scored, must_hold, target_pos, layer_input,
-                     unrelated_states, unrelated_mask, reference, unrelated_pos)
+                     unrelated_states, unrelated_mask, reference, unrelated_pos, per_layer)
+
+
+class _Screen:
+    """Prompts a held edit is checked on: the whole unrelated pool and every earlier edit's prompt.
+
+    Their states at the layer are flat, (tokens, d) per layer; most come from the state cache.
+    """
+
+    def __init__(self, model, tok, batch: EditBatch, hp: BaFTHyperParams, state: plumbing.BaFTState,
+                 indices: List[int]):
+        own_prompts = {tuple(r.ids[:r.n_prompt]) for r in batch.rows if r.kind is RowKind.EDIT}
+        pool = [_unrelated_row(tok, text, hp, cacheable=True) for text in unrelated_prompts(hp.locality_source)]
+        # An earlier edit of this very prompt is being replaced, not held.
+        earlier = [_Row(list(m["ids"]), m["n_prompt"], RowKind.UNRELATED, cacheable=True)
+                   for m in state.replay_memory if tuple(m["ids"][:m["n_prompt"]]) not in own_prompts]
+        self.rows = [r for r in pool if r] + earlier
+        self.per_layer = _states_at_interventions(model, indices, self.rows, _input_device(model))
+        self.states = {i: torch.cat(s).float() for i, s in self.per_layer.items()}
+        lengths = torch.tensor([len(r.ids) for r in self.rows])
+        device = self.states[indices[0]].device
+        self.row_of = torch.repeat_interleave(torch.arange(len(self.rows)), lengths).to(device)
+
+    @torch.no_grad()
+    def offenders(self, modules: Dict[int, plumbing.BaFTIntervention], budget: float, k: int) -> List[int]:
+        """The k rows the trainable bases move most, of those moved more than `budget` (the change_peak
+        measure, averaged over layers as in the loss)."""
+        worst = torch.zeros(len(self.rows), device=self.row_of.device)
+        for i, m in modules.items():
+            h = self.states[i]
+            relative = m.change(h, trainable_only=True).norm(dim=-1) / h.norm(dim=-1).clamp_min(1e-6)
+            worst += torch.zeros_like(worst).scatter_reduce(0, self.row_of, relative, "amax") / len(modules)
+        top = worst.topk(min(k, len(self.rows)))
+        return [row for value, row in zip(top.values.tolist(), top.indices.tolist()) if value > budget]
+
+    def states_of(self, rows: List[int]) -> Dict[int, List[torch.Tensor]]:
+        return {i: [s[k] for k in rows] for i, s in self.per_layer.items()}
 
 
 # --- the loss --------------------------------------------------------------------------------
@@ -390,12 +435,16 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
     try:
         with timer("setup"):
             batch = build_batch(model, tok, requests, hp, state, indices, rng)
+            screen = None
+            if hp.screen_negatives and batch.unrelated_states is not None:
+                screen = _Screen(model, tok, batch, hp, state, indices)
         params = [p for m in modules.values() for p in m.parameters()]
         optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
         for m in modules.values():
             m.record_gates = True
         kept = None  # the in-budget step with the lowest edit loss: what a step-capped edit ends with
         kept_usage = None  # its edit rows' gates, once the edit ends there
+        report_screened, fallback = 0, None
         with plumbing.reuse_layer_input(model, indices[0], batch.layer_input):
             for step in tqdm(range(hp.n_steps), desc="BaFT edit", leave=False, disable=None):
                 with torch.enable_grad():
@@ -411,7 +460,18 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
                     budgeted = hp.early_stop_locality is not None and not math.isnan(unrelated)
                     local_enough = not budgeted or unrelated <= hp.early_stop_locality
                     if edit_done and local_enough:
-                        break
+                        if screen is None:
+                            break
+                        with timer("screen"):
+                            picked = screen.offenders(modules, hp.early_stop_locality, hp.screen_negatives)
+                            if not picked:
+                                break
+                            # Checked once. The cap ends at a step within the budget on the larger
+                            # set of held rows, or else at this one.
+                            fallback, kept = _KeptStep.of(report, params, modules, batch), None
+                            batch.hold_also(screen.states_of(picked))
+                            report_screened, screen = len(picked), None
+                        continue
                     if budgeted and local_enough and (kept is None or report.edit_loss < kept.report.edit_loss):
                         kept = _KeptStep.of(report, params, modules, batch)
                     with timer("backward"):
@@ -426,6 +486,7 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
             else:
                 # The step cap: the last step's locality is untested, maybe unmet. A failed edit must
                 # not shift every input, so it ends at its best step within the budget.
+                kept = kept or fallback
                 if kept is not None:
                     report, kept_usage = kept.restore(params, hp.n_steps), kept.usage
         # Record which bases this edit opens (gates of the step it ends at), for later edits' balancing.
@@ -443,6 +504,7 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
             state.replay_memory.append({"ids": tuple(r.ids), "n_prompt": r.n_prompt})
     report.rows, report.tokens = batch.tokens.input_ids.shape[0], int(batch.tokens.attention_mask.sum())
     report.held_rows = 0 if batch.unrelated_mask is None else batch.unrelated_mask.shape[0]
+    report.screened_in = report_screened
     report.seconds = time.perf_counter() - start
     report.seconds_by_phase = timer.seconds
     return report

@@ -395,3 +395,47 @@ def test_edits_saved_before_a_structural_field_existed_take_more_edits(tok, tmp_
     assert plumbing.get_state(model).edit_count == 2
     with pytest.raises(ValueError, match="gate_center=True"):
         edit(model, tok, REQUESTS[2], dataclasses.replace(hp, gate_center=True))
+
+
+SCREEN_POOL = HELD_OUT_PROMPTS + ["The weather today is", "Trains leave from the station at",
+                                  "The capital of Spain is", "The capital of Italy is", "The author of Faust is"]
+
+
+def test_the_screen_holds_the_pool_prompts_a_held_edit_moves_most(tok, tmp_path):
+    """Trained on one sampled pool prompt, an edit is checked on the whole pool once it holds."""
+    pool = tmp_path / "pool.txt"
+    pool.write_text("\n".join(SCREEN_POOL))
+    moved, reports = {}, {}
+    for budget, k in ((0.05, 0), (0.05, 4), (0.005, 0), (0.005, 4)):
+        model = tiny_llama()
+        hp = hparams(locality_source=str(pool), n_locality_prompts=1, early_stop_locality=budget,
+                     screen_negatives=k, n_steps=300 if budget == 0.05 else 100)
+        edit(model, tok, REQUESTS[0], hp)
+        reports[budget, k] = plumbing.get_state(model).last_report
+        assert holds(model, tok, REQUESTS[0])
+        moved[budget, k] = [_unrelated_peak_change(model, tok, i, SCREEN_POOL) for i in hp.layers]
+    assert reports[0.05, 0].screened_in == 0 and reports[0.05, 0].held_rows == 1
+    screened = reports[0.05, 4]
+    assert 1 <= screened.screened_in <= 4 and screened.held_rows == 1 + screened.screened_in
+    assert screened.steps > reports[0.05, 0].steps and screened.steps < 300  # trained on, then met the budget
+    assert all(after < 0.5 * before for after, before in zip(moved[0.05, 4], moved[0.05, 0]))
+    # Within the tight budget the larger held set is out of reach by the cap: it ends where the check was.
+    assert reports[0.005, 4].steps == 100 and moved[0.005, 4] == pytest.approx(moved[0.005, 0])
+
+
+def test_the_screen_reads_every_earlier_edit_but_one_of_this_prompt(tok):
+    from easyedit_baft.trainer import _Screen, build_batch
+
+    model = tiny_llama()
+    hp = hparams(early_stop_locality=0.002, screen_negatives=2, grow_rank=4, replay_at_layer=True, replay_edits=1)
+    for request in REQUESTS[:3]:
+        edit(model, tok, request, hp)
+    state = plumbing.get_state(model)
+    again = {**REQUESTS[1], "target_new": "Lima"}
+    batch = build_batch(model, tok, [again], hp, state, hp.layers, random.Random(0))
+    screen = _Screen(model, tok, batch, hp, state, hp.layers)
+    earlier = [r.ids for r in screen.rows[-2:]]
+    assert earlier == [list(state.replay_memory[k]["ids"]) for k in (0, 2)]  # REQUESTS[1]'s own is left out
+    n_pool = len(screen.rows) - 2
+    assert n_pool > 30 and all(r.cacheable for r in screen.rows)
+    assert all(screen.states[i].shape[0] == sum(len(r.ids) for r in screen.rows) for i in hp.layers)

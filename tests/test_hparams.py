@@ -104,7 +104,7 @@ BAD_VALUES = [
     ("early_stop_loss", 0.0), ("early_stop_locality", 0.0), ("early_stop_locality", "low"), ("weight_decay", -0.1), ("gate", "sigmoid"), ("gate_temperature", 0),
     ("gate_init_std", -1), ("lambda_loc", -1), ("kl_weight", float("inf")), ("lambda_lb", "x"),
     ("locality_source", ""), ("n_locality_prompts", -1), ("n_subject_swaps", -1), ("n_subject_swaps", 1.5),
-    ("n_context_prefixes", None),
+    ("n_context_prefixes", None), ("screen_negatives", -1),
     ("replay_edits", -2), ("grow_rank", -1), ("grow_rank", 2.0), ("seed", -1), ("seed", 2**32), ("gate_input_norm", 1),
 ]
 
@@ -113,6 +113,12 @@ BAD_VALUES = [
 def test_invalid_value_is_refused_naming_the_field(field, value):
     with pytest.raises(HParamsError, match=f"^{field}="):
         BaFTHyperParams(**{"model_name": "m", field: value})
+
+
+def test_screen_negatives_needs_a_budget_to_hold_rows_to():
+    with pytest.raises(HParamsError, match="^screen_negatives=8 .*early_stop_locality"):
+        BaFTHyperParams(model_name="m", screen_negatives=8)
+    assert BaFTHyperParams(model_name="m", screen_negatives=8, early_stop_locality=0.005).screen_negatives == 8
 
 
 def test_single_int_layer_becomes_a_list():

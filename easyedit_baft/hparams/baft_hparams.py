@@ -105,6 +105,10 @@ class BaFTHyperParams(_HostHyperParams):
     # Per request, its subject asked about through this many other relations (templates of the ZsRE
     # train split), also held unchanged: the gate must tell the edited relation from the subject's others.
     n_relation_swaps: int = 0
+    # Once an edit holds within early_stop_locality, its trainable bases are checked on every pool
+    # prompt and every earlier edit's prompt (states cached at the layer); up to this many that move
+    # more than the budget join the held rows, and training goes on. 0: no check.
+    screen_negatives: int = 0
 
     # Generalisation: the target is also trained after this many short neutral prefixes.
     n_context_prefixes: int = 2
@@ -266,6 +270,10 @@ def validate(hp: BaFTHyperParams) -> None:
     _check_int(hp, "n_locality_prompts", 0)
     _check_int(hp, "n_subject_swaps", 0)
     _check_int(hp, "n_relation_swaps", 0)
+    _check_int(hp, "screen_negatives", 0)
+    if hp.screen_negatives and (hp.early_stop_locality is None or hp.lambda_loc <= 0):
+        _fail("screen_negatives", hp.screen_negatives, "the check holds rows to early_stop_locality: set "
+              "early_stop_locality and lambda_loc > 0, or screen_negatives: 0")
     _check_int(hp, "n_context_prefixes", 0)
     _check_int(hp, "replay_edits", 0)
     _check_int(hp, "grow_rank", 0)
