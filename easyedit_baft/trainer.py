@@ -40,10 +40,10 @@ class EditReport:
     final_loss: float
     edit_loss: float
     holds: bool  # every target token that early stop waits for is the argmax
-    unrelated_change: float = math.nan  # the locality penalty on unrelated prompts (nan: none were used)
+    unrelated_change: float = math.nan  # the locality penalty on unrelated prompts, worst group (nan: none)
     rows: int = 0  # rows in each forward pass
     held_rows: int = 0  # rows held unchanged at the intervened layer (unrelated, replayed at the layer)
-    screened_in: int = 0  # of those, rows the screen of pool and earlier prompts added (screen_negatives)
+    screened_in: int = 0  # rows the screen of pool and earlier prompts held besides those (screen_negatives)
     tokens: int = 0  # real tokens in each forward pass
     seconds_by_phase: Dict[str, float] = field(default_factory=dict)
 
@@ -214,14 +214,22 @@ class EditBatch:
     unrelated_mask: Optional[torch.Tensor]
     reference: Optional[torch.Tensor]  # pre-edit log-probs at unrelated positions, for the KL term
     unrelated_pos: Optional[torch.Tensor]
-    held_states: Optional[Dict[int, List[torch.Tensor]]] = None  # unrelated_states before padding
+    held_ids: set = field(default_factory=set)  # token ids of the held rows: the screen skips them
+    # Rows the screen added (screen_negatives): a group of their own, held to the budget by themselves.
+    screened_states: Optional[Dict[int, torch.Tensor]] = None
+    screened_mask: Optional[torch.Tensor] = None
 
-    def hold_also(self, extra: Dict[int, List[torch.Tensor]]) -> None:
-        """Hold more prompts unchanged at the layer, given their states there, (len, d) per prompt."""
-        for i, states in extra.items():
-            self.held_states[i] = self.held_states[i] + states
-            padded, self.unrelated_mask = _pad_states(self.held_states[i])
-            self.unrelated_states[i] = padded.float()
+
+def _earlier_edits_held(hp: BaFTHyperParams, state: plumbing.BaFTState) -> bool:
+    """After grow, earlier edits live in frozen bases: the fresh block only has to leave their prompts
+    alone, which replay_at_layer checks at the layer. Sharing bases, they train again."""
+    return hp.replay_at_layer and hp.grow_rank > 0 and state.edit_count > 0
+
+
+def _earlier_edits_except(state: plumbing.BaFTState, rows: List[_Row]) -> List[dict]:
+    """The replay memory less earlier edits of this call's prompts: those are being replaced, not kept."""
+    own = {tuple(r.ids[:r.n_prompt]) for r in rows if r.kind is RowKind.EDIT}
+    return [m for m in state.replay_memory if tuple(m["ids"][:m["n_prompt"]]) not in own]
 
 
 def _row_mask(rows: List[_Row], kinds, device) -> torch.Tensor:
@@ -232,11 +240,10 @@ def build_batch(model, tok, requests: List[dict], hp: BaFTHyperParams, state: pl
                 indices: List[int], rng: random.Random) -> EditBatch:
     device = _input_device(model)
     rows = _edit_rows(tok, requests, hp, rng)
-    replayed = rng.sample(state.replay_memory, min(hp.replay_edits, len(state.replay_memory)))
+    memory = _earlier_edits_except(state, rows)
+    replayed = rng.sample(memory, min(hp.replay_edits, len(memory)))
     unrelated = _unrelated_rows(tok, requests, hp, rng)
-    # After grow, earlier edits live in frozen bases: the fresh block only has to leave their
-    # prompts alone, which replay_at_layer checks at the layer. Sharing bases, they train again.
-    held_at_layer = hp.replay_at_layer and hp.grow_rank > 0 and state.edit_count > 0
+    held_at_layer = _earlier_edits_held(hp, state)
     for m in replayed:
         kind = RowKind.UNRELATED if held_at_layer else RowKind.REPLAY
         row = _Row(list(m["ids"]), m["n_prompt"], kind, cacheable=True)
@@ -261,7 +268,7 @@ def build_batch(model, tok, requests: List[dict], hp: BaFTHyperParams, state: pl
             hidden = model.base_model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
                                       use_cache=False).last_hidden_state[:, :-1]
             reference = F.log_softmax(model.get_output_embeddings()(hidden[unrelated_pos]).float(), -1)
-        unrelated_states = unrelated_mask = per_layer = None
+        unrelated_states = unrelated_mask = None
         # With gate='ones' (ReFT) only the change penalty is meaningful; the gate mean is constant.
         if unrelated and hp.lambda_loc > 0 and not (hp.gate == "ones" and hp.locality_penalty == "gate_mean"):
             per_layer = _states_at_interventions(model, indices, unrelated, device)
@@ -270,43 +277,39 @@ def build_batch(model, tok, requests: List[dict], hp: BaFTHyperParams, state: pl
                 unrelated_states[i], unrelated_mask = _pad_states(per_layer[i])
             unrelated_states = {i: s.float() for i, s in unrelated_states.items()}
     return EditBatch(forward_rows, tokens, scored, must_hold, target_pos, layer_input,
-                     unrelated_states, unrelated_mask, reference, unrelated_pos, per_layer)
+                     unrelated_states, unrelated_mask, reference, unrelated_pos, {tuple(r.ids) for r in unrelated})
+
+
+SCREEN_CHUNK = 256  # rows scored at once: a 7B model's padded states of the whole set need not fit
 
 
 class _Screen:
-    """Prompts a held edit is checked on: the whole unrelated pool and every earlier edit's prompt.
+    """Prompts a held edit is checked on: the whole unrelated pool and, once earlier edits sit in
+    frozen bases, every earlier edit's prompt. Their states at the one intervened layer come from
+    the state cache after the first edit that reads them."""
 
-    Their states at the layer are flat, (tokens, d) per layer; most come from the state cache.
-    """
-
-    def __init__(self, model, tok, batch: EditBatch, hp: BaFTHyperParams, state: plumbing.BaFTState,
-                 indices: List[int]):
-        own_prompts = {tuple(r.ids[:r.n_prompt]) for r in batch.rows if r.kind is RowKind.EDIT}
-        pool = [_unrelated_row(tok, text, hp, cacheable=True) for text in unrelated_prompts(hp.locality_source)]
-        # An earlier edit of this very prompt is being replaced, not held.
-        earlier = [_Row(list(m["ids"]), m["n_prompt"], RowKind.UNRELATED, cacheable=True)
-                   for m in state.replay_memory if tuple(m["ids"][:m["n_prompt"]]) not in own_prompts]
-        self.rows = [r for r in pool if r] + earlier
-        self.per_layer = _states_at_interventions(model, indices, self.rows, _input_device(model))
-        self.states = {i: torch.cat(s).float() for i, s in self.per_layer.items()}
-        lengths = torch.tensor([len(r.ids) for r in self.rows])
-        device = self.states[indices[0]].device
-        self.row_of = torch.repeat_interleave(torch.arange(len(self.rows)), lengths).to(device)
+    def __init__(self, model, tok, batch: EditBatch, hp: BaFTHyperParams, state: plumbing.BaFTState, index: int):
+        rows = [_unrelated_row(tok, text, hp, cacheable=True) for text in unrelated_prompts(hp.locality_source)]
+        if _earlier_edits_held(hp, state):
+            rows += [_Row(list(m["ids"]), m["n_prompt"], RowKind.UNRELATED, cacheable=True)
+                     for m in _earlier_edits_except(state, batch.rows)]
+        self.rows = [r for r in rows if r and tuple(r.ids) not in batch.held_ids]  # held rows are held already
+        self.states = _states_at_interventions(model, [index], self.rows, _input_device(model))[index] if self.rows else []
 
     @torch.no_grad()
-    def offenders(self, modules: Dict[int, plumbing.BaFTIntervention], budget: float, k: int) -> List[int]:
-        """The k rows the trainable bases move most, of those moved more than `budget` (the change_peak
-        measure, averaged over layers as in the loss)."""
-        worst = torch.zeros(len(self.rows), device=self.row_of.device)
-        for i, m in modules.items():
-            h = self.states[i]
-            relative = m.change(h, trainable_only=True).norm(dim=-1) / h.norm(dim=-1).clamp_min(1e-6)
-            worst += torch.zeros_like(worst).scatter_reduce(0, self.row_of, relative, "amax") / len(modules)
-        top = worst.topk(min(k, len(self.rows)))
-        return [row for value, row in zip(top.values.tolist(), top.indices.tolist()) if value > budget]
+    def scores(self, module: plumbing.BaFTIntervention, rule: str) -> torch.Tensor:
+        """Each row's locality measure (the penalty's, per row) under the trainable bases, (rows,)."""
+        out = [torch.zeros(0, device=module.rotation.device)]
+        for start in range(0, len(self.states), SCREEN_CHUNK):
+            states, mask = _pad_states(self.states[start:start + SCREEN_CHUNK])
+            out.append(_row_locality(module, states.float(), mask, rule).to(out[0].device))
+        return torch.cat(out)
 
-    def states_of(self, rows: List[int]) -> Dict[int, List[torch.Tensor]]:
-        return {i: [s[k] for k in rows] for i, s in self.per_layer.items()}
+    def offenders(self, module: plumbing.BaFTIntervention, hp: BaFTHyperParams) -> List[int]:
+        """Up to screen_negatives rows the trainable bases move most, of those beyond early_stop_locality."""
+        scores = self.scores(module, hp.locality_penalty)
+        top = scores.topk(min(hp.screen_negatives, len(scores)))
+        return [row for value, row in zip(top.values.tolist(), top.indices.tolist()) if value > hp.early_stop_locality]
 
 
 # --- the loss --------------------------------------------------------------------------------
@@ -323,26 +326,31 @@ def _gate_peak(gates: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (gates * mask.to(gates.dtype).unsqueeze(-1)).amax(1)
 
 
-def _locality_penalty(module: plumbing.BaFTIntervention, states: torch.Tensor, mask: torch.Tensor,
-                      rule: str) -> torch.Tensor:
-    """How much the trainable bases touch unrelated prompts (states: the inputs there, (B, T, d)).
+def _row_locality(module: plumbing.BaFTIntervention, states: torch.Tensor, mask: torch.Tensor,
+                  rule: str) -> torch.Tensor:
+    """How much the trainable bases touch each unrelated prompt (states: the inputs there, (B, T, d)), (B,).
 
     Frozen bases (after grow) are left out: this edit cannot change what they do.
     """
     if rule == "gate_mean":
-        return _gate_mean(module.gates(states, trainable_only=True), mask).mean()
+        return _gate_mean(module.gates(states, trainable_only=True), mask).mean(-1)
     # 'change_peak': the relative change of the hidden state at each prompt's worst position.
     # A gate alone can look small while large coordinates behind it still move the state.
     relative = module.change(states, trainable_only=True).norm(dim=-1) / states.norm(dim=-1).clamp_min(1e-6)
-    return _gate_peak(relative.unsqueeze(-1), mask).mean()
+    return _gate_peak(relative.unsqueeze(-1), mask)[:, 0]
 
 
 def unrelated_change(batch: EditBatch, modules: Dict[int, plumbing.BaFTIntervention], hp: BaFTHyperParams):
-    """The locality penalty, averaged over intervened layers (None when no unrelated states)."""
+    """The locality penalty per group of held rows (the batch's, then the screened ones), each a mean
+    over its rows and the intervened layers; None when no unrelated states."""
     if batch.unrelated_states is None:
         return None
-    return torch.stack([_locality_penalty(m, batch.unrelated_states[i], batch.unrelated_mask, hp.locality_penalty)
-                        for i, m in modules.items()]).mean()
+    groups = [(batch.unrelated_states, batch.unrelated_mask)]
+    if batch.screened_states is not None:
+        groups.append((batch.screened_states, batch.screened_mask))
+    return torch.stack([
+        torch.stack([_row_locality(m, states[i], mask, hp.locality_penalty).mean() for i, m in modules.items()]).mean()
+        for states, mask in groups])
 
 
 def _load_balance(module: plumbing.BaFTIntervention, edit_gates: torch.Tensor, edit_count: int) -> torch.Tensor:
@@ -364,7 +372,7 @@ def _edit_gates(module: plumbing.BaFTIntervention, batch: EditBatch) -> torch.Te
 def loss_terms(model, batch: EditBatch, modules: Dict[int, plumbing.BaFTIntervention], hp: BaFTHyperParams,
                edit_count: int, timer: _Timer) -> tuple:
     """One forward pass above the intervened layer: (named loss terms, does the edit hold, the
-    locality penalty as a float or nan)."""
+    locality penalty of the worst group of held rows as a float or nan)."""
     tokens = batch.tokens
     with timer("forward"):
         hidden = model.base_model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
@@ -386,7 +394,7 @@ def loss_terms(model, batch: EditBatch, modules: Dict[int, plumbing.BaFTInterven
     with timer("loss_locality"):
         change = unrelated_change(batch, modules, hp)
         if change is not None:
-            terms["locality"] = hp.lambda_loc * change
+            terms["locality"] = hp.lambda_loc * change.sum()
     if batch.reference is not None:
         with timer("loss_kl"):
             current = F.log_softmax(head(hidden[batch.unrelated_pos]).float(), -1)
@@ -396,7 +404,7 @@ def loss_terms(model, batch: EditBatch, modules: Dict[int, plumbing.BaFTInterven
         with timer("loss_load_balance"):
             terms["load_balance"] = hp.lambda_lb * torch.stack(
                 [_load_balance(m, _edit_gates(m, batch), edit_count) for m in modules.values()]).mean()
-    return terms, holds, (change.item() if change is not None else math.nan)
+    return terms, holds, (change.max().item() if change is not None else math.nan)
 
 
 # --- the loop --------------------------------------------------------------------------------
@@ -435,16 +443,17 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
     try:
         with timer("setup"):
             batch = build_batch(model, tok, requests, hp, state, indices, rng)
+            # Read here, outside reuse_layer_input: within it the layers below are skipped.
             screen = None
             if hp.screen_negatives and batch.unrelated_states is not None:
-                screen = _Screen(model, tok, batch, hp, state, indices)
+                screen = _Screen(model, tok, batch, hp, state, indices[0])
         params = [p for m in modules.values() for p in m.parameters()]
         optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
         for m in modules.values():
             m.record_gates = True
         kept = None  # the in-budget step with the lowest edit loss: what a step-capped edit ends with
         kept_usage = None  # its edit rows' gates, once the edit ends there
-        report_screened, fallback = 0, None
+        screened_in, fallback = 0, None  # rows the screen added; the checked step, which held
         with plumbing.reuse_layer_input(model, indices[0], batch.layer_input):
             for step in tqdm(range(hp.n_steps), desc="BaFT edit", leave=False, disable=None):
                 with torch.enable_grad():
@@ -463,16 +472,16 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
                         if screen is None:
                             break
                         with timer("screen"):
-                            picked = screen.offenders(modules, hp.early_stop_locality, hp.screen_negatives)
+                            picked = screen.offenders(modules[indices[0]], hp)
                             if not picked:
                                 break
-                            # Checked once. The cap ends at a step within the budget on the larger
-                            # set of held rows, or else at this one.
-                            fallback, kept = _KeptStep.of(report, params, modules, batch), None
-                            batch.hold_also(screen.states_of(picked))
-                            report_screened, screen = len(picked), None
+                            states, batch.screened_mask = _pad_states([screen.states[k] for k in picked])
+                            batch.screened_states, screened_in = {indices[0]: states.float()}, len(picked)
+                            # Checked once. Should the cap come first, the edit ends here: it holds.
+                            fallback, screen = _KeptStep.of(report, params, modules, batch), None
                         continue
-                    if budgeted and local_enough and (kept is None or report.edit_loss < kept.report.edit_loss):
+                    if budgeted and local_enough and fallback is None and (
+                            kept is None or report.edit_loss < kept.report.edit_loss):
                         kept = _KeptStep.of(report, params, modules, batch)
                     with timer("backward"):
                         grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -486,7 +495,7 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
             else:
                 # The step cap: the last step's locality is untested, maybe unmet. A failed edit must
                 # not shift every input, so it ends at its best step within the budget.
-                kept = kept or fallback
+                kept = fallback or kept
                 if kept is not None:
                     report, kept_usage = kept.restore(params, hp.n_steps), kept.usage
         # Record which bases this edit opens (gates of the step it ends at), for later edits' balancing.
@@ -504,7 +513,7 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
             state.replay_memory.append({"ids": tuple(r.ids), "n_prompt": r.n_prompt})
     report.rows, report.tokens = batch.tokens.input_ids.shape[0], int(batch.tokens.attention_mask.sum())
     report.held_rows = 0 if batch.unrelated_mask is None else batch.unrelated_mask.shape[0]
-    report.screened_in = report_screened
+    report.screened_in = screened_in
     report.seconds = time.perf_counter() - start
     report.seconds_by_phase = timer.seconds
     return report

@@ -16,6 +16,7 @@ from tiny_models import (
     forward_hook_count,
     hparams,
     logits,
+    randomised,
     target_holds,
     TINY_DECODERS,
     tiny_decoder,
@@ -24,6 +25,7 @@ from tiny_models import (
 )
 from easyedit_baft import layers as plumbing
 from easyedit_baft.baft_main import apply_baft_to_model
+from easyedit_baft.trainer import STATE_CACHE_ATTR, _Screen, build_batch, build_interventions
 from easyedit_baft.hparams.baft_hparams import LOCALITY_PENALTIES
 from easyedit_baft.prompt_sources import (builtin_subject_names, relation_swapped_prompts, relation_templates,
                                          subject_swapped_prompts)
@@ -401,41 +403,92 @@ SCREEN_POOL = HELD_OUT_PROMPTS + ["The weather today is", "Trains leave from the
                                   "The capital of Spain is", "The capital of Italy is", "The author of Faust is"]
 
 
-def test_the_screen_holds_the_pool_prompts_a_held_edit_moves_most(tok, tmp_path):
-    """Trained on one sampled pool prompt, an edit is checked on the whole pool once it holds."""
+def _pool_file(tmp_path):
     pool = tmp_path / "pool.txt"
     pool.write_text("\n".join(SCREEN_POOL))
+    return str(pool)
+
+
+def test_the_screen_holds_the_pool_prompts_a_held_edit_moves_most(tok, tmp_path):
+    """Trained on one sampled pool prompt, an edit is checked on the whole pool once it holds."""
     moved, reports = {}, {}
     for budget, k in ((0.05, 0), (0.05, 4), (0.005, 0), (0.005, 4)):
         model = tiny_llama()
-        hp = hparams(locality_source=str(pool), n_locality_prompts=1, early_stop_locality=budget,
-                     screen_negatives=k, n_steps=300 if budget == 0.05 else 100)
+        hp = hparams(layers=[1], locality_source=_pool_file(tmp_path), n_locality_prompts=1,
+                     early_stop_locality=budget, screen_negatives=k, n_steps=300 if budget == 0.05 else 100)
         edit(model, tok, REQUESTS[0], hp)
         reports[budget, k] = plumbing.get_state(model).last_report
         assert holds(model, tok, REQUESTS[0])
-        moved[budget, k] = [_unrelated_peak_change(model, tok, i, SCREEN_POOL) for i in hp.layers]
-    assert reports[0.05, 0].screened_in == 0 and reports[0.05, 0].held_rows == 1
+        moved[budget, k] = _unrelated_peak_change(model, tok, 1, SCREEN_POOL)
+    assert reports[0.05, 0].screened_in == 0
     screened = reports[0.05, 4]
-    assert 1 <= screened.screened_in <= 4 and screened.held_rows == 1 + screened.screened_in
-    assert screened.steps > reports[0.05, 0].steps and screened.steps < 300  # trained on, then met the budget
-    assert all(after < 0.5 * before for after, before in zip(moved[0.05, 4], moved[0.05, 0]))
-    # Within the tight budget the larger held set is out of reach by the cap: it ends where the check was.
+    assert screened.screened_in == 4 and screened.held_rows == 1
+    assert reports[0.05, 0].steps < screened.steps < 300  # trained on, then met the budget on both groups
+    assert screened.unrelated_change <= 0.05
+    assert moved[0.05, 4] < 0.5 * moved[0.05, 0]
+    # With the tight budget the screened group is out of reach by the cap: the edit ends where it was checked.
     assert reports[0.005, 4].steps == 100 and moved[0.005, 4] == pytest.approx(moved[0.005, 0])
 
 
-def test_the_screen_reads_every_earlier_edit_but_one_of_this_prompt(tok):
-    from easyedit_baft.trainer import _Screen, build_batch
+def _screen_of(model, tok, hp, request):
+    state = plumbing.get_state(model) or plumbing.attach(model, build_interventions(model, hp), hp.to_dict())
+    model.eval()
+    batch = build_batch(model, tok, [request], hp, state, hp.layers, random.Random(0))
+    return _Screen(model, tok, batch, hp, state, hp.layers[0]), batch, state
 
+
+def test_the_screen_scores_every_row_as_the_penalty_does_and_picks_the_worst(tok, tmp_path):
+    hp = hparams(layers=[1], locality_source=_pool_file(tmp_path), n_locality_prompts=2,
+                 early_stop_locality=0.2, screen_negatives=3)
     model = tiny_llama()
-    hp = hparams(early_stop_locality=0.002, screen_negatives=2, grow_rank=4, replay_at_layer=True, replay_edits=1)
+    screen, batch, state = _screen_of(model, tok, hp, REQUESTS[0])
+    module = randomised(state.interventions[1])
+    held = {tuple(tok(text)["input_ids"]) for text in SCREEN_POOL} & batch.held_ids
+    assert len(held) == 2 and len(screen.rows) == len(SCREEN_POOL) - 2  # the sampled rows are held already
+    texts = [tok.decode(r.ids) for r in screen.rows]
+    brute = torch.tensor([_unrelated_peak_change(model, tok, 1, [text]) for text in texts])
+    assert screen.scores(module, hp.locality_penalty) == pytest.approx(brute, rel=1e-4)
+    ranked = [k for k in brute.argsort(descending=True).tolist() if brute[k] > 0.2][:3]
+    assert screen.offenders(module, hp) == ranked
+    cache = model.__dict__[STATE_CACHE_ATTR]
+    assert all(s is cache.get(tuple(r.ids)) for r, s in zip(screen.rows, screen.states))  # read from the cache
+
+
+def test_a_screen_that_finds_nothing_changes_nothing(tok, tmp_path):
+    outputs = []
+    for k in (0, 4):
+        model = tiny_llama()
+        hp = hparams(layers=[1], locality_source=_pool_file(tmp_path), n_locality_prompts=1,
+                     early_stop_locality=5.0, screen_negatives=k)  # relative change never reaches 5
+        edit(model, tok, REQUESTS[0], hp)
+        report = plumbing.get_state(model).last_report
+        assert report.screened_in == 0
+        outputs.append((report.steps, logits(model, tok)))
+    assert outputs[0][0] == outputs[1][0] and torch.equal(outputs[0][1], outputs[1][1])
+
+
+def test_the_screen_reads_earlier_edits_only_from_frozen_bases_and_not_this_prompt(tok):
+    again = {**REQUESTS[1], "target_new": "Lima"}
+    for grow_rank in (4, 0):
+        hp = hparams(layers=[1], early_stop_locality=0.002, screen_negatives=2, grow_rank=grow_rank,
+                     replay_at_layer=True, replay_edits=0, n_steps=10)
+        model = tiny_llama()
+        for request in REQUESTS[:3]:
+            edit(model, tok, request, hp)
+        screen, _, state = _screen_of(model, tok, hp, again)
+        earlier = [r.ids for r in screen.rows if r.n_prompt < len(r.ids)]  # pool rows are all prompt
+        if grow_rank:  # REQUESTS[1]'s own is being replaced, not held
+            assert earlier == [list(state.replay_memory[k]["ids"]) for k in (0, 2)]
+        else:  # the block that trains carries the earlier edits: their prompts are no negatives
+            assert earlier == []
+
+
+def test_an_edit_of_an_edited_prompt_does_not_hold_the_old_edit_unchanged(tok):
+    hp = hparams(layers=[1], grow_rank=4, replay_at_layer=True, replay_edits=8, n_steps=10)
+    model = tiny_llama()
     for request in REQUESTS[:3]:
         edit(model, tok, request, hp)
     state = plumbing.get_state(model)
-    again = {**REQUESTS[1], "target_new": "Lima"}
-    batch = build_batch(model, tok, [again], hp, state, hp.layers, random.Random(0))
-    screen = _Screen(model, tok, batch, hp, state, hp.layers)
-    earlier = [r.ids for r in screen.rows[-2:]]
-    assert earlier == [list(state.replay_memory[k]["ids"]) for k in (0, 2)]  # REQUESTS[1]'s own is left out
-    n_pool = len(screen.rows) - 2
-    assert n_pool > 30 and all(r.cacheable for r in screen.rows)
-    assert all(screen.states[i].shape[0] == sum(len(r.ids) for r in screen.rows) for i in hp.layers)
+    batch = build_batch(model, tok, [{**REQUESTS[1], "target_new": "Lima"}], hp, state, hp.layers, random.Random(0))
+    memory = [tuple(m["ids"]) for m in state.replay_memory]
+    assert memory[1] not in batch.held_ids and {memory[0], memory[2]} <= batch.held_ids

@@ -118,6 +118,10 @@ def test_invalid_value_is_refused_naming_the_field(field, value):
 def test_screen_negatives_needs_a_budget_to_hold_rows_to():
     with pytest.raises(HParamsError, match="^screen_negatives=8 .*early_stop_locality"):
         BaFTHyperParams(model_name="m", screen_negatives=8)
+    with pytest.raises(HParamsError, match="^screen_negatives=8 .*lambda_loc"):
+        BaFTHyperParams(model_name="m", screen_negatives=8, early_stop_locality=0.005, lambda_loc=0.0)
+    with pytest.raises(HParamsError, match=r"^screen_negatives=8 .*layers=\[1, 2\]"):
+        BaFTHyperParams(model_name="m", screen_negatives=8, early_stop_locality=0.005, layers=[1, 2])
     assert BaFTHyperParams(model_name="m", screen_negatives=8, early_stop_locality=0.005).screen_negatives == 8
 
 

@@ -105,9 +105,9 @@ class BaFTHyperParams(_HostHyperParams):
     # Per request, its subject asked about through this many other relations (templates of the ZsRE
     # train split), also held unchanged: the gate must tell the edited relation from the subject's others.
     n_relation_swaps: int = 0
-    # Once an edit holds within early_stop_locality, its trainable bases are checked on every pool
-    # prompt and every earlier edit's prompt (states cached at the layer); up to this many that move
-    # more than the budget join the held rows, and training goes on. 0: no check.
+    # Once an edit holds within early_stop_locality, its trainable bases are checked once on every pool
+    # prompt and every earlier edit's prompt (states cached at the one layer); up to this many that
+    # move more than the budget are then held to it as a group of their own. 0: no check.
     screen_negatives: int = 0
 
     # Generalisation: the target is also trained after this many short neutral prefixes.
@@ -274,6 +274,10 @@ def validate(hp: BaFTHyperParams) -> None:
     if hp.screen_negatives and (hp.early_stop_locality is None or hp.lambda_loc <= 0):
         _fail("screen_negatives", hp.screen_negatives, "the check holds rows to early_stop_locality: set "
               "early_stop_locality and lambda_loc > 0, or screen_negatives: 0")
+    if hp.screen_negatives and len(hp.layers) > 1:
+        # Above the lowest intervened layer, states depend on the edits below: none could be cached.
+        _fail("screen_negatives", hp.screen_negatives, f"the check reads cached states of one layer, and "
+              f"layers={hp.layers}: intervene on one layer, or screen_negatives: 0")
     _check_int(hp, "n_context_prefixes", 0)
     _check_int(hp, "replay_edits", 0)
     _check_int(hp, "grow_rank", 0)
