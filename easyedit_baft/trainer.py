@@ -120,6 +120,7 @@ def _input_device(model) -> torch.device:
 
 STATE_CACHE_ATTR = "_baft_state_cache"
 STATE_CACHE_BYTES = 256 * 2**20  # the oldest rows go first beyond this
+CAPTURE_ROWS = 256  # rows run through the model at once (the screen's first read is the whole pool)
 
 
 def _weights_key(model) -> tuple:
@@ -171,13 +172,14 @@ def _states_at_interventions(model, indices: List[int], rows: List[_Row], device
     hits = {id(r): cache.get(tuple(r.ids)) for r in rows if r.cacheable} if cache else {}
     missing = [r for r in rows if hits.get(id(r)) is None]
     fresh: Dict[int, Dict[int, torch.Tensor]] = {}
-    if missing:
-        batch = pad_rows([r.ids for r in missing], [len(r.ids) for r in missing], pad_id=0).to(device)
+    for start in range(0, len(missing), CAPTURE_ROWS):
+        chunk = missing[start:start + CAPTURE_ROWS]
+        batch = pad_rows([r.ids for r in chunk], [len(r.ids) for r in chunk], pad_id=0).to(device)
         with plumbing.interventions_disabled(model) if cache else contextlib.nullcontext():
             captured = plumbing.capture_intervention_inputs(
                 model, indices, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         # Cloned: a view would keep the whole padded capture alive in the cache.
-        fresh = {id(r): {i: captured[i][k, : len(r.ids)].clone() for i in indices} for k, r in enumerate(missing)}
+        fresh.update({id(r): {i: captured[i][k, : len(r.ids)].clone() for i in indices} for k, r in enumerate(chunk)})
     out: Dict[int, List[torch.Tensor]] = {i: [] for i in indices}
     for r in rows:
         per_layer = fresh.get(id(r)) or {indices[0]: hits[id(r)]}
@@ -280,9 +282,6 @@ def build_batch(model, tok, requests: List[dict], hp: BaFTHyperParams, state: pl
                      unrelated_states, unrelated_mask, reference, unrelated_pos, {tuple(r.ids) for r in unrelated})
 
 
-SCREEN_CHUNK = 256  # rows scored at once: a 7B model's padded states of the whole set need not fit
-
-
 class _Screen:
     """Prompts a held edit is checked on: the whole unrelated pool and, once earlier edits sit in
     frozen bases, every earlier edit's prompt. Their states at the one intervened layer come from
@@ -300,8 +299,8 @@ class _Screen:
     def scores(self, module: plumbing.BaFTIntervention, rule: str) -> torch.Tensor:
         """Each row's locality measure (the penalty's, per row) under the trainable bases, (rows,)."""
         out = [torch.zeros(0, device=module.rotation.device)]
-        for start in range(0, len(self.states), SCREEN_CHUNK):
-            states, mask = _pad_states(self.states[start:start + SCREEN_CHUNK])
+        for start in range(0, len(self.states), CAPTURE_ROWS):
+            states, mask = _pad_states(self.states[start:start + CAPTURE_ROWS])
             out.append(_row_locality(module, states.float(), mask, rule).to(out[0].device))
         return torch.cat(out)
 
@@ -340,6 +339,14 @@ def _row_locality(module: plumbing.BaFTIntervention, states: torch.Tensor, mask:
     return _gate_peak(relative.unsqueeze(-1), mask)[:, 0]
 
 
+def _locality_penalty(module: plumbing.BaFTIntervention, states: torch.Tensor, mask: torch.Tensor,
+                      rule: str) -> torch.Tensor:
+    """_row_locality's mean over rows (gate_mean: over rows and bases at once, as it always was)."""
+    if rule == "gate_mean":
+        return _gate_mean(module.gates(states, trainable_only=True), mask).mean()
+    return _row_locality(module, states, mask, rule).mean()
+
+
 def unrelated_change(batch: EditBatch, modules: Dict[int, plumbing.BaFTIntervention], hp: BaFTHyperParams):
     """The locality penalty per group of held rows (the batch's, then the screened ones), each a mean
     over its rows and the intervened layers; None when no unrelated states."""
@@ -349,7 +356,7 @@ def unrelated_change(batch: EditBatch, modules: Dict[int, plumbing.BaFTIntervent
     if batch.screened_states is not None:
         groups.append((batch.screened_states, batch.screened_mask))
     return torch.stack([
-        torch.stack([_row_locality(m, states[i], mask, hp.locality_penalty).mean() for i, m in modules.items()]).mean()
+        torch.stack([_locality_penalty(m, states[i], mask, hp.locality_penalty) for i, m in modules.items()]).mean()
         for states, mask in groups])
 
 
@@ -479,7 +486,8 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
                             batch.screened_states, screened_in = {indices[0]: states.float()}, len(picked)
                             # Checked once. Should the cap come first, the edit ends here: it holds.
                             fallback, screen = _KeptStep.of(report, params, modules, batch), None
-                        continue
+                            # This step trains on the new group too (its term, as loss_terms adds it).
+                            loss = loss + hp.lambda_loc * unrelated_change(batch, modules, hp)[-1]
                     if budgeted and local_enough and fallback is None and (
                             kept is None or report.edit_loss < kept.report.edit_loss):
                         kept = _KeptStep.of(report, params, modules, batch)
@@ -498,6 +506,8 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
                 kept = fallback or kept
                 if kept is not None:
                     report, kept_usage = kept.restore(params, hp.n_steps), kept.usage
+                if fallback is not None:
+                    screened_in = 0  # it ends at the checked step, where no screened row was held yet
         # Record which bases this edit opens (gates of the step it ends at), for later edits' balancing.
         with torch.no_grad():
             for i, m in modules.items():

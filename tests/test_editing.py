@@ -420,7 +420,6 @@ def test_the_screen_holds_the_pool_prompts_a_held_edit_moves_most(tok, tmp_path)
         reports[budget, k] = plumbing.get_state(model).last_report
         assert holds(model, tok, REQUESTS[0])
         moved[budget, k] = _unrelated_peak_change(model, tok, 1, SCREEN_POOL)
-    assert reports[0.05, 0].screened_in == 0
     screened = reports[0.05, 4]
     assert screened.screened_in == 4 and screened.held_rows == 1
     assert reports[0.05, 0].steps < screened.steps < 300  # trained on, then met the budget on both groups
@@ -428,6 +427,7 @@ def test_the_screen_holds_the_pool_prompts_a_held_edit_moves_most(tok, tmp_path)
     assert moved[0.05, 4] < 0.5 * moved[0.05, 0]
     # With the tight budget the screened group is out of reach by the cap: the edit ends where it was checked.
     assert reports[0.005, 4].steps == 100 and moved[0.005, 4] == pytest.approx(moved[0.005, 0])
+    assert reports[0.005, 4].screened_in == 0  # none was held where it ends
 
 
 def _screen_of(model, tok, hp, request):
@@ -454,7 +454,11 @@ def test_the_screen_scores_every_row_as_the_penalty_does_and_picks_the_worst(tok
     assert all(s is cache.get(tuple(r.ids)) for r, s in zip(screen.rows, screen.states))  # read from the cache
 
 
-def test_a_screen_that_finds_nothing_changes_nothing(tok, tmp_path):
+def test_a_screen_that_finds_nothing_changes_nothing(tok, tmp_path, monkeypatch):
+    import easyedit_baft.trainer as trainer
+
+    built = []
+    monkeypatch.setattr(trainer, "_Screen", lambda *a: built.append(1) or _Screen(*a))
     outputs = []
     for k in (0, 4):
         model = tiny_llama()
@@ -462,7 +466,7 @@ def test_a_screen_that_finds_nothing_changes_nothing(tok, tmp_path):
                      early_stop_locality=5.0, screen_negatives=k)  # relative change never reaches 5
         edit(model, tok, REQUESTS[0], hp)
         report = plumbing.get_state(model).last_report
-        assert report.screened_in == 0
+        assert report.screened_in == 0 and len(built) == (k > 0) and ("screen" in report.seconds_by_phase) == (k > 0)
         outputs.append((report.steps, logits(model, tok)))
     assert outputs[0][0] == outputs[1][0] and torch.equal(outputs[0][1], outputs[1][1])
 
@@ -492,3 +496,20 @@ def test_an_edit_of_an_edited_prompt_does_not_hold_the_old_edit_unchanged(tok):
     batch = build_batch(model, tok, [{**REQUESTS[1], "target_new": "Lima"}], hp, state, hp.layers, random.Random(0))
     memory = [tuple(m["ids"]) for m in state.replay_memory]
     assert memory[1] not in batch.held_ids and {memory[0], memory[2]} <= batch.held_ids
+
+
+def test_states_read_in_chunks_are_the_states_read_at_once(tok, monkeypatch):
+    import easyedit_baft.trainer as trainer
+
+    model = tiny_llama()
+    hp = hparams(layers=[1])
+    plumbing.attach(model, build_interventions(model, hp), hp.to_dict())
+    rows = [trainer._unrelated_row(tok, text, hp, cacheable=False) for text in SCREEN_POOL]
+    at_once = trainer._states_at_interventions(model, [1], rows, torch.device("cpu"))[1]
+    monkeypatch.setattr(trainer, "CAPTURE_ROWS", 3)
+    calls = []
+    capture = plumbing.capture_intervention_inputs
+    monkeypatch.setattr(plumbing, "capture_intervention_inputs", lambda *a, **k: calls.append(1) or capture(*a, **k))
+    chunked = trainer._states_at_interventions(model, [1], rows, torch.device("cpu"))[1]
+    assert len(calls) == -(-len(rows) // 3)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(at_once, chunked))

@@ -106,8 +106,9 @@ class BaFTHyperParams(_HostHyperParams):
     # train split), also held unchanged: the gate must tell the edited relation from the subject's others.
     n_relation_swaps: int = 0
     # Once an edit holds within early_stop_locality, its trainable bases are checked once on every pool
-    # prompt and every earlier edit's prompt (states cached at the one layer); up to this many that
-    # move more than the budget are then held to it as a group of their own. 0: no check.
+    # prompt and, with replay_at_layer and grow_rank, every earlier edit's prompt (states cached at the
+    # one layer; rows held already and an earlier edit of the same prompt are skipped). Up to this many
+    # that move more than the budget then form a group of held rows whose mean must meet it too. 0: off.
     screen_negatives: int = 0
 
     # Generalisation: the target is also trained after this many short neutral prefixes.
