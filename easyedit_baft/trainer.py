@@ -459,6 +459,7 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
         for m in modules.values():
             m.record_gates = True
         kept = None  # the in-budget step with the lowest edit loss: what a step-capped edit ends with
+        held = None  # or the step that held with the lowest penalty, when one held (edit success first)
         kept_usage = None  # its edit rows' gates, once the edit ends there
         screened_in, fallback = 0, None  # rows the screen added; the checked step, which held
         with plumbing.reuse_layer_input(model, indices[0], batch.layer_input):
@@ -491,6 +492,8 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
                     if budgeted and local_enough and fallback is None and (
                             kept is None or report.edit_loss < kept.report.edit_loss):
                         kept = _KeptStep.of(report, params, modules, batch)
+                    if budgeted and edit_done and (held is None or unrelated < held.report.unrelated_change):
+                        held = _KeptStep.of(report, params, modules, batch)
                     with timer("backward"):
                         grads = torch.autograd.grad(loss, params, allow_unused=True)
                 with timer("optimizer"):
@@ -501,9 +504,10 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
                     for m in modules.values():
                         m.retract()
             else:
-                # The step cap: the last step's locality is untested, maybe unmet. A failed edit must
-                # not shift every input, so it ends at its best step within the budget.
-                kept = fallback or kept
+                # The step cap: the last step's locality is untested, maybe unmet. An edit that held
+                # ends at its most local step that held; a failed edit must not shift every input,
+                # so it ends at its best step within the budget.
+                kept = fallback or held or kept
                 if kept is not None:
                     report, kept_usage = kept.restore(params, hp.n_steps), kept.usage
                 if fallback is not None:

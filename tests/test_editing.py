@@ -273,6 +273,15 @@ def test_a_step_capped_edit_ends_within_the_locality_budget(tok, tmp_path):
     assert changes[0.005] == pytest.approx(report.unrelated_change, rel=1e-3)  # the kept step's parameters
 
 
+def test_a_step_capped_edit_that_held_ends_holding_at_its_most_local_step(tok):
+    # The budget is out of reach: every step that holds moves the unrelated prompts beyond it.
+    model = tiny_llama()
+    edit(model, tok, REQUESTS[0], hparams(layers=[1], n_steps=30, early_stop_locality=1e-7))
+    report = plumbing.get_state(model).last_report
+    assert report.steps == 30 and report.holds and holds(model, tok, REQUESTS[0])
+    assert report.unrelated_change > 1e-7
+
+
 def test_subject_swaps_keep_the_same_question_about_others_unchanged(tok):
     """Swapped-subject prompts teach the gate the subject: on them, the edit moves the state less."""
     request = REQUESTS[0]
