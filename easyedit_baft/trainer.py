@@ -458,8 +458,8 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
         optimizer = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
         for m in modules.values():
             m.record_gates = True
-        kept = None  # the in-budget step with the lowest edit loss: what a step-capped edit ends with
-        held = None  # or the step that held with the lowest penalty, when one held (edit success first)
+        kept = None  # the in-budget step with the lowest edit loss: where a capped edit that never held ends
+        held = None  # the step that held with the lowest penalty: where a capped edit that held ends
         kept_usage = None  # its edit rows' gates, once the edit ends there
         screened_in, fallback = 0, None  # rows the screen added; the checked step, which held
         with plumbing.reuse_layer_input(model, indices[0], batch.layer_input):
