@@ -234,6 +234,11 @@ def _earlier_edits_except(state: plumbing.BaFTState, rows: List[_Row]) -> List[d
     return [m for m in state.replay_memory if tuple(m["ids"][:m["n_prompt"]]) not in own]
 
 
+def _memory_row(entry: dict, kind: RowKind) -> _Row:
+    """An earlier edit's prompt and target from the replay memory; its states may be cached."""
+    return _Row(list(entry["ids"]), entry["n_prompt"], kind, cacheable=True)
+
+
 def _row_mask(rows: List[_Row], kinds, device) -> torch.Tensor:
     return torch.tensor([r.kind in kinds for r in rows], device=device)
 
@@ -247,8 +252,7 @@ def build_batch(model, tok, requests: List[dict], hp: BaFTHyperParams, state: pl
     unrelated = _unrelated_rows(tok, requests, hp, rng)
     held_at_layer = _earlier_edits_held(hp, state)
     for m in replayed:
-        kind = RowKind.UNRELATED if held_at_layer else RowKind.REPLAY
-        row = _Row(list(m["ids"]), m["n_prompt"], kind, cacheable=True)
+        row = _memory_row(m, RowKind.UNRELATED if held_at_layer else RowKind.REPLAY)
         (unrelated if held_at_layer else rows).append(row)
     use_kl = hp.lambda_loc > 0 and hp.kl_weight > 0 and bool(unrelated)
     forward_rows = rows + (unrelated if use_kl else [])  # the KL term needs their full forward pass
@@ -290,8 +294,7 @@ class _Screen:
     def __init__(self, model, tok, batch: EditBatch, hp: BaFTHyperParams, state: plumbing.BaFTState, index: int):
         rows = [_unrelated_row(tok, text, hp, cacheable=True) for text in unrelated_prompts(hp.locality_source)]
         if _earlier_edits_held(hp, state):
-            rows += [_Row(list(m["ids"]), m["n_prompt"], RowKind.UNRELATED, cacheable=True)
-                     for m in _earlier_edits_except(state, batch.rows)]
+            rows += [_memory_row(m, RowKind.UNRELATED) for m in _earlier_edits_except(state, batch.rows)]
         self.rows = [r for r in rows if r and tuple(r.ids) not in batch.held_ids]  # held rows are held already
         self.states = _states_at_interventions(model, [index], self.rows, _input_device(model))[index] if self.rows else []
 
