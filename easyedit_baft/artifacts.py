@@ -344,13 +344,14 @@ def _check_tensor_shapes(expected: Dict[str, torch.Tensor], saved: Dict[str, tor
             )
 
 
-def _make_room_for_saved(module, layer: int, tensors: Dict[str, torch.Tensor]) -> None:
-    """Give a fresh intervention the frozen bases a grown one was saved with (grow_rank)."""
+def _make_room_for_saved(module, layer: int, tensors: Dict[str, torch.Tensor], hparams: BaFTHyperParams) -> None:
+    """Give a fresh intervention the bases a grown one (grow_rank) or a batch's (rank_per_request) was saved with."""
     frozen = tensors.get(_tensor_name(layer, FROZEN_BUFFERS[0]))
     block = tensors.get(_tensor_name(layer, "source_weight"))
     if frozen is None or block is None or frozen.dim() != 2 or block.dim() != 2:
         return  # nothing grown, or malformed: the name and shape checks report it
-    if frozen.shape[0] > 0:  # a grown intervention; an ungrown one keeps the hparams' shape, checked below
+    # Otherwise the block has the hparams' rank, checked below.
+    if frozen.shape[0] > 0 or hparams.rank_per_request:
         module.make_room(frozen.shape[0], block.shape[0])
 
 
@@ -361,7 +362,7 @@ def _rebuilt_interventions(model, hparams: BaFTHyperParams, tensors: Dict[str, t
     except ValueError as err:
         raise ArtifactError(f"{CONFIG_NAME}: the saved hparams do not fit this model: {err}") from err
     for layer, module in interventions.items():
-        _make_room_for_saved(module, layer, tensors)
+        _make_room_for_saved(module, layer, tensors, hparams)
     expected = {_tensor_name(layer, key): tensor
                 for layer, module in interventions.items() for key, tensor in module.state_dict().items()}
     _check_tensor_names(expected, tensors)

@@ -34,11 +34,21 @@ class RestoreEdit:
             state.restore(self.snapshot)
 
 
-def _grow(state: plumbing.BaFTState, hparams: BaFTHyperParams) -> None:
-    """Freeze the bases earlier edits trained and give this edit hparams.grow_rank fresh ones."""
+def block_rank(per_request: int, hparams: BaFTHyperParams, n_requests: int, hidden_size: int) -> int:
+    """Bases one call trains: `per_request` (rank or grow_rank), times the requests with rank_per_request."""
+    bases = per_request * n_requests if hparams.rank_per_request else per_request
+    if bases > hidden_size:
+        raise ValueError(
+            f"rank_per_request: {n_requests} requests x {per_request} bases = {bases}, more than the hidden size "
+            f"{hidden_size}; pass at most {hidden_size // per_request} requests per call, or rank_per_request: false")
+    return bases
+
+
+def _grow(state: plumbing.BaFTState, hparams: BaFTHyperParams, rank: int) -> None:
+    """Freeze the bases earlier edits trained and give this edit `rank` fresh ones."""
     generator = torch.Generator().manual_seed(hparams.seed + state.edit_count)
     for _, module in sorted(state.interventions.items()):
-        module.grow(hparams.grow_rank, generator)
+        module.grow(rank, generator)
 
 
 def _check_compatible(state: plumbing.BaFTState, hparams: BaFTHyperParams) -> None:
@@ -82,8 +92,10 @@ def apply_baft_to_model(
 
     state = plumbing.get_state(model)
     snapshot = None
+    hidden_size = plumbing.hidden_size(model)
     if state is None:
-        interventions = build_interventions(model, hparams)
+        interventions = build_interventions(model, hparams, block_rank(hparams.rank, hparams, len(requests),
+                                                                       hidden_size))
         if hparams.gate_center:
             fit_gate_centers(model, tok, interventions, hparams)
         state = plumbing.attach(model, interventions, hparams.to_dict())
@@ -96,7 +108,7 @@ def apply_baft_to_model(
 
     try:
         if hparams.grow_rank and state.edit_count > 0:
-            _grow(state, hparams)
+            _grow(state, hparams, block_rank(hparams.grow_rank, hparams, len(requests), hidden_size))
         report = train_edit(model, tok, requests, hparams, state)
         # Bookkeeping stays inside the try: an interrupt here must not leave a half-recorded edit.
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")

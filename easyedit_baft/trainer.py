@@ -536,18 +536,19 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
     return report
 
 
-def build_interventions(model, hp: BaFTHyperParams) -> Dict[int, plumbing.BaFTIntervention]:
-    """Fresh, identity-at-init interventions for hp.layers, seeded by hp.seed."""
+def build_interventions(model, hp: BaFTHyperParams, rank: Optional[int] = None) -> Dict[int, plumbing.BaFTIntervention]:
+    """Fresh, identity-at-init interventions of `rank` bases (default hp.rank) for hp.layers, seeded by hp.seed."""
     d, n_layers = plumbing.hidden_size(model), len(plumbing.decoder_layers(model))
+    rank = hp.rank if rank is None else rank
     bad = [i for i in hp.layers if i >= n_layers]
     if bad:
         raise ValueError(f"layers={hp.layers}: {bad} out of range; this model has layers 0..{n_layers - 1}")
-    if hp.rank > d:
-        raise ValueError(f"rank={hp.rank} exceeds the model's hidden size {d}; use rank <= {d}")
+    if rank > d:
+        raise ValueError(f"rank={rank} exceeds the model's hidden size {d}; use rank <= {d}")
     generator = torch.Generator().manual_seed(hp.seed)
     return {
         i: plumbing.BaFTIntervention(
-            d, hp.rank, hp.gate_temperature, hp.gate_init_bias, hp.gate_init_std, hp.gate, generator,
+            d, rank, hp.gate_temperature, hp.gate_init_bias, hp.gate_init_std, hp.gate, generator,
             hp.gate_input_norm, hp.gate_floor, hp.gate_center,
         )
         for i in hp.layers

@@ -215,3 +215,31 @@ def test_a_deep_copy_of_an_edited_model_does_not_carry_the_state_cache(tok):
     edit(model, tok, REQUESTS[0], hparams(layers=[2], n_locality_prompts=4))
     assert model.__dict__[STATE_CACHE_ATTR] is not None
     assert copy.deepcopy(model).__dict__.get(STATE_CACHE_ATTR) is None
+
+
+def test_rank_per_request_gives_each_request_of_a_batch_its_own_bases(tok, tmp_path):
+    hp = hparams(layers=[2], rank=3, grow_rank=2, rank_per_request=True)
+    model = tiny_llama()
+    edit(model, tok, REQUESTS[:3], hp)
+    module = plumbing.get_state(model).interventions[2]
+    assert (module.n_frozen, module.block_rank) == (0, 9)  # 3 requests x rank 3
+    assert all(target_holds(model, tok, r["prompt"], r["target_new"]) for r in REQUESTS[:3])
+    shared = tiny_llama()
+    edit(shared, tok, REQUESTS[:3], dataclasses.replace(hp, rank_per_request=False))
+    assert not all(target_holds(shared, tok, r["prompt"], r["target_new"]) for r in REQUESTS[:3])  # 3 bases for 3
+    edit(model, tok, REQUESTS[3:5], hp)
+    assert (module.n_frozen, module.block_rank) == (9, 4)  # then 2 requests x grow_rank 2
+    fresh = tiny_llama()
+    load_edits(fresh, save_edits(model, tmp_path / "edits"))  # the batch's block shape comes back
+    assert torch.equal(logits(fresh, tok), logits(model, tok))
+    single = tiny_llama()
+    edit(single, tok, REQUESTS[0], hp)  # one request: the rank as given
+    assert plumbing.get_state(single).interventions[2].block_rank == 3
+
+
+def test_rank_per_request_with_more_bases_than_the_hidden_size_fails_before_any_change(tok):
+    model = tiny_llama()  # hidden size 64
+    before = logits(model, tok)
+    with pytest.raises(ValueError, match=r"rank_per_request: 3 requests x 30 bases = 90.*at most 2 requests"):
+        edit(model, tok, REQUESTS[:3], hparams(layers=[2], rank=30, rank_per_request=True))
+    assert plumbing.get_state(model) is None and torch.equal(logits(model, tok), before)

@@ -63,6 +63,9 @@ class BaFTHyperParams(_HostHyperParams):
     # Where and how big the intervention is.
     layers: List[int] = field(default_factory=lambda: [10])
     rank: int = 4
+    # rank and grow_rank count bases per request: a call of B requests (a batch) trains B times as many,
+    # so each fact of a batch has bases of its own to gate. Single edits are unchanged.
+    rank_per_request: bool = False
 
     # Optimisation of one edit (or one batch of edits).
     lr: float = 1e-2
@@ -233,7 +236,7 @@ def validate(hp: BaFTHyperParams) -> None:
     ):
         _fail("device", hp.device, "use a CUDA index (0, 1, ...) or 'cpu', 'cuda', 'cuda:N', 'mps'")
     for name in ("model_parallel", "fp16", "gate_input_norm", "gate_center", "early_stop_waits_for_replay",
-                 "replay_at_layer"):
+                 "replay_at_layer", "rank_per_request"):
         _check_bool(hp, name)
     _check_int(hp, "batch_size", 1)
     _check_int(hp, "max_length", 1)
