@@ -1,6 +1,7 @@
 """The benchmark runner's bookkeeping: the single-edit journal and the sequence checkpoint (a cut-off
 run resumes without redoing or losing work) and results that record no machine-specific paths."""
 
+import dataclasses
 import json
 import re
 import sys
@@ -16,7 +17,7 @@ from bench_methods import METHODS, load_hparams  # noqa: E402
 from bench_progress import Journal, SequenceCheckpoint, checkpoint_dir, final_state_dir, journal_path  # noqa: E402
 from bench_report import curve_points, load_runs, table_row  # noqa: E402
 from bench_scenarios import Host, Scenario, run_sequential, run_undone  # noqa: E402
-from bench_worker import REPO_ROOT, portable_path  # noqa: E402
+from bench_worker import REPO_ROOT, hparams_record, portable_path  # noqa: E402
 
 
 class Interrupted(Exception):
@@ -442,3 +443,10 @@ def test_a_worker_parses_the_drivers_own_command_line_from_anywhere(tmp_path, mo
     assert worker.results_dir == tmp_path / "out" and worker.hparams == {"ROME": tmp_path / "rome.yaml"}
     same = {k: v for k, v in vars(driver).items() if k not in ("worker", "methods", "argv")}
     assert same == {k: v for k, v in vars(worker).items() if k in same}
+
+
+def test_a_field_added_later_enters_the_run_key_only_when_set():
+    from easyedit_baft.hparams import BaFTHyperParams
+    shipped = BaFTHyperParams.from_hparams(REPO_ROOT / "hparams/BaFT/smollm2-135m.yaml")
+    assert "rank_per_request" not in hparams_record(shipped)  # results keyed before it keep their keys
+    assert hparams_record(dataclasses.replace(shipped, rank_per_request=True))["rank_per_request"] is True
