@@ -445,8 +445,11 @@ def test_a_worker_parses_the_drivers_own_command_line_from_anywhere(tmp_path, mo
     assert same == {k: v for k, v in vars(worker).items() if k in same}
 
 
-def test_a_field_added_later_enters_the_run_key_only_when_set():
+def test_a_field_added_later_enters_the_run_key_only_where_it_acts():
     from easyedit_baft.hparams import BaFTHyperParams
-    shipped = BaFTHyperParams.from_hparams(REPO_ROOT / "hparams/BaFT/smollm2-135m.yaml")
+    shipped = dataclasses.replace(BaFTHyperParams.from_hparams(REPO_ROOT / "hparams/BaFT/smollm2-135m.yaml"),
+                                  rank_per_request=False, batch_size=10)
     assert "rank_per_request" not in hparams_record(shipped)  # results keyed before it keep their keys
-    assert hparams_record(dataclasses.replace(shipped, rank_per_request=True))["rank_per_request"] is True
+    per_request = dataclasses.replace(shipped, rank_per_request=True)
+    assert hparams_record(per_request)["rank_per_request"] is True
+    assert "rank_per_request" not in hparams_record(dataclasses.replace(per_request, batch_size=1))  # one request
