@@ -36,7 +36,9 @@ class RestoreEdit:
 
 def block_rank(per_request: int, hparams: BaFTHyperParams, n_requests: int, hidden_size: int) -> int:
     """Bases one call trains: `per_request` (rank or grow_rank), times the requests with rank_per_request."""
-    bases = per_request * n_requests if hparams.rank_per_request else per_request
+    if not hparams.rank_per_request or n_requests == 1:
+        return per_request  # its size is checked where the bases are made
+    bases = per_request * n_requests
     if bases > hidden_size:
         raise ValueError(
             f"rank_per_request: {n_requests} requests x {per_request} bases = {bases}, more than the hidden size "
