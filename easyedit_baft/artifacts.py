@@ -350,9 +350,16 @@ def _make_room_for_saved(module, layer: int, tensors: Dict[str, torch.Tensor], h
     block = tensors.get(_tensor_name(layer, "source_weight"))
     if frozen is None or block is None or frozen.dim() != 2 or block.dim() != 2:
         return  # nothing grown, or malformed: the name and shape checks report it
-    # Otherwise the block has the hparams' rank, checked below.
-    if frozen.shape[0] > 0 or hparams.rank_per_request:
-        module.make_room(frozen.shape[0], block.shape[0])
+    n_frozen, n_block = frozen.shape[0], block.shape[0]
+    if n_frozen == 0 and not hparams.rank_per_request:
+        return  # the block has the hparams' rank, checked below
+    field = "grow_rank" if n_frozen > 0 else "rank"
+    unit = getattr(hparams, field)
+    if n_block > module.hidden_size or not unit or n_block % unit or (n_block != unit and not hparams.rank_per_request):
+        raise ArtifactError(
+            f"{WEIGHTS_NAME}: layer {layer} has a trainable block of {n_block} bases, which {field}={unit} "
+            f"(rank_per_request={hparams.rank_per_request}) in {CONFIG_NAME} cannot make; {RESAVE_HINT}")
+    module.make_room(n_frozen, n_block)
 
 
 def _rebuilt_interventions(model, hparams: BaFTHyperParams, tensors: Dict[str, torch.Tensor]) -> dict:

@@ -34,15 +34,17 @@ class RestoreEdit:
             state.restore(self.snapshot)
 
 
-def block_rank(per_request: int, hparams: BaFTHyperParams, n_requests: int, hidden_size: int) -> int:
-    """Bases one call trains: `per_request` (rank or grow_rank), times the requests with rank_per_request."""
-    if not hparams.rank_per_request or n_requests == 1:
-        return per_request  # its size is checked where the bases are made
+def block_rank(field: str, hparams: BaFTHyperParams, n_requests: int, hidden_size: int) -> int:
+    """Bases one call trains: hparams.<field> (rank or grow_rank), times the requests with rank_per_request."""
+    per_request = getattr(hparams, field)
+    if not hparams.rank_per_request or n_requests == 1 or per_request > hidden_size:
+        return per_request  # its size alone is checked where the bases are made
     bases = per_request * n_requests
     if bases > hidden_size:
         raise ValueError(
-            f"rank_per_request: {n_requests} requests x {per_request} bases = {bases}, more than the hidden size "
-            f"{hidden_size}; pass at most {hidden_size // per_request} requests per call, or rank_per_request: false")
+            f"rank_per_request: {n_requests} requests x {field}={per_request} = {bases} bases, more than the hidden "
+            f"size {hidden_size}; pass at most {hidden_size // per_request} requests per call, lower {field}, "
+            "or set rank_per_request: false")
     return bases
 
 
@@ -96,8 +98,7 @@ def apply_baft_to_model(
     snapshot = None
     hidden_size = plumbing.hidden_size(model)
     if state is None:
-        interventions = build_interventions(model, hparams, block_rank(hparams.rank, hparams, len(requests),
-                                                                       hidden_size))
+        interventions = build_interventions(model, hparams, block_rank("rank", hparams, len(requests), hidden_size))
         if hparams.gate_center:
             fit_gate_centers(model, tok, interventions, hparams)
         state = plumbing.attach(model, interventions, hparams.to_dict())
@@ -110,7 +111,7 @@ def apply_baft_to_model(
 
     try:
         if hparams.grow_rank and state.edit_count > 0:
-            _grow(state, hparams, block_rank(hparams.grow_rank, hparams, len(requests), hidden_size))
+            _grow(state, hparams, block_rank("grow_rank", hparams, len(requests), hidden_size))
         report = train_edit(model, tok, requests, hparams, state)
         # Bookkeeping stays inside the try: an interrupt here must not leave a half-recorded edit.
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")

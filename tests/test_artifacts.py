@@ -538,3 +538,13 @@ def test_explain_on_a_long_prompt_reads_and_draws_only_its_last_tokens(edited, t
 def test_explain_max_tokens_must_be_positive(edited, tok):
     with pytest.raises(ValueError, match="max_tokens=0"):
         explain(edited[0], tok, "Water", max_tokens=0)
+
+
+def test_a_batch_block_its_saved_hparams_cannot_make_is_refused(tok, tmp_path):
+    model = tiny_llama()
+    apply_baft_to_model(model, tok, REQUESTS[:2], hparams(rank=3, rank_per_request=True))  # one block of 6
+    directory = save_edits(model, tmp_path / "edits")
+    config = read_config(directory)
+    config["hparams"]["rank"] = 4  # 6 bases: no number of requests x rank 4
+    write_config(directory, config)
+    assert_refused_and_untouched(tiny_llama(), tok, directory, r"block of 6 bases, which rank=4")

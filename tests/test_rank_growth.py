@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 import torch
 
-from tiny_models import REQUESTS, edit, hparams, logits, randomised, target_holds, tiny_llama
+from tiny_models import REQUESTS, edit, hparams, logits, randomised, state_digest, target_holds, tiny_llama
 from easyedit_baft import layers as plumbing
 from easyedit_baft.artifacts import load_edits, save_edits
 from easyedit_baft.intervention import FROZEN_BUFFERS, ORTHOGONAL_SHARE, BaFTIntervention
@@ -223,6 +223,9 @@ def test_rank_per_request_gives_each_request_of_a_batch_its_own_bases(tok, tmp_p
     edit(model, tok, REQUESTS[:3], hp)
     module = plumbing.get_state(model).interventions[2]
     assert (module.n_frozen, module.block_rank) == (0, 9)  # 3 requests x rank 3
+    ungrown = tiny_llama()
+    load_edits(ungrown, save_edits(model, tmp_path / "batch"))
+    assert torch.equal(logits(ungrown, tok), logits(model, tok))
     assert all(target_holds(model, tok, r["prompt"], r["target_new"]) for r in REQUESTS[:3])
     shared = tiny_llama()
     edit(shared, tok, REQUESTS[:3], dataclasses.replace(hp, rank_per_request=False))
@@ -240,6 +243,13 @@ def test_rank_per_request_gives_each_request_of_a_batch_its_own_bases(tok, tmp_p
 def test_rank_per_request_with_more_bases_than_the_hidden_size_fails_before_any_change(tok):
     model = tiny_llama()  # hidden size 64
     before = logits(model, tok)
-    with pytest.raises(ValueError, match=r"rank_per_request: 3 requests x 30 bases = 90.*at most 2 requests"):
+    with pytest.raises(ValueError, match=r"3 requests x rank=30 = 90 bases.*at most 2 requests per call, lower rank"):
         edit(model, tok, REQUESTS[:3], hparams(layers=[2], rank=30, rank_per_request=True))
     assert plumbing.get_state(model) is None and torch.equal(logits(model, tok), before)
+    hp = hparams(layers=[2], rank=4, grow_rank=30, rank_per_request=True)
+    edit(model, tok, REQUESTS[0], hp)
+    digest = state_digest(model)
+    with pytest.raises(ValueError, match=r"3 requests x grow_rank=30 = 90 bases"):  # a later call, growing
+        edit(model, tok, REQUESTS[1:4], hp)
+    assert state_digest(model) == digest
+

@@ -64,7 +64,8 @@ class BaFTHyperParams(_HostHyperParams):
     layers: List[int] = field(default_factory=lambda: [10])
     rank: int = 4
     # rank and grow_rank count bases per request: a call of B requests (a batch) trains B times as many,
-    # so each fact of a batch has bases of its own to gate. Single edits are unchanged.
+    # as many per fact as a single edit has (the facts share them as training sorts them). Single edits
+    # are unchanged; without grow_rank a later call retrains the first call's block, whatever its size.
     rank_per_request: bool = False
 
     # Optimisation of one edit (or one batch of edits).
