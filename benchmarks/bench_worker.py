@@ -28,8 +28,7 @@ from bench_scenarios import (EM_LOCALITY, SCORES, Host, Scenario, checkpoint_ste
 from easyedit_baft.metrics import mean
 
 PATH_FIELDS = ("model_name", "stats_dir", "locality_source", "P_loc")
-# BaFT fields added after results were keyed, and when they act. Where one cannot (at its default, or
-# rank_per_request with one request per call) the run is exactly as before: it stays out of the key.
+# BaFT fields added after results were keyed enter a key only where they act, so older results keep theirs.
 LATER_FIELDS = {"rank_per_request": lambda hp: hp.rank_per_request and hp.batch_size > 1}
 SAMPLE_BYTES = 1 << 20  # a model file over twice this is hashed by its two ends: a whole 13 GB one takes minutes
 
@@ -111,10 +110,8 @@ def portable_path(value) -> str:
 def hparams_record(hparams) -> dict:
     """The hparams as the run used them (file values plus the benchmark's overrides)."""
     fields = {k: v for k, v in vars(hparams).items() if k not in LATER_FIELDS or LATER_FIELDS[k](hparams)}
-    for name in PATH_FIELDS:
-        if isinstance(fields.get(name), (str, Path)):
-            fields[name] = portable_path(fields[name])
-    return plain(fields)
+    return plain({k: portable_path(v) if k in PATH_FIELDS and isinstance(v, (str, Path)) else v
+                  for k, v in fields.items()})
 
 
 def keep_saved(args, host, spec, hparams, run: RunSpec, requests, out: Path, where: str) -> bool:
