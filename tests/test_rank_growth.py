@@ -217,7 +217,7 @@ def test_a_deep_copy_of_an_edited_model_does_not_carry_the_state_cache(tok):
     assert copy.deepcopy(model).__dict__.get(STATE_CACHE_ATTR) is None
 
 
-def test_rank_per_request_gives_each_request_of_a_batch_its_own_bases(tok, tmp_path):
+def test_rank_per_request_sizes_a_batch_block_by_its_requests(tok, tmp_path):
     hp = hparams(layers=[2], rank=3, grow_rank=2, rank_per_request=True)
     model = tiny_llama()
     edit(model, tok, REQUESTS[:3], hp)
