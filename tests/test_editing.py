@@ -285,6 +285,19 @@ def test_a_step_capped_edit_that_held_ends_holding_at_its_most_local_step(tok):
     assert report.unrelated_change > 1e-7
 
 
+@pytest.mark.parametrize("cap_locality", [1.0, 1e-7])
+def test_cap_locality_bounds_where_a_capped_edit_that_held_ends(tok, cap_locality):
+    # As above, the budget is out of reach; cap_locality above the most local step that held keeps it,
+    # one below sends the edit back to its best step within the budget, which does not hold.
+    model = tiny_llama()
+    edit(model, tok, REQUESTS[0], hparams(layers=[1], n_steps=30, early_stop_locality=1e-7, cap_locality=cap_locality))
+    report = plumbing.get_state(model).last_report
+    held_end = report.unrelated_change > 1e-7
+    assert report.steps == 30 and report.holds == held_end == (cap_locality == 1.0)
+    assert report.unrelated_change <= cap_locality
+    assert holds(model, tok, REQUESTS[0]) == held_end
+
+
 def test_subject_swaps_keep_the_same_question_about_others_unchanged(tok):
     """Swapped-subject prompts teach the gate the subject: on them, the edit moves the state less."""
     request = REQUESTS[0]

@@ -125,5 +125,13 @@ def test_screen_negatives_needs_a_budget_to_hold_rows_to():
     assert BaFTHyperParams(model_name="m", screen_negatives=8, early_stop_locality=0.005).screen_negatives == 8
 
 
+def test_cap_locality_bounds_a_step_beyond_the_budget():
+    with pytest.raises(HParamsError, match="^cap_locality=0.03 .*early_stop_locality"):
+        BaFTHyperParams(model_name="m", cap_locality=0.03)
+    with pytest.raises(HParamsError, match="^cap_locality=0.001 .*>= 0.005"):
+        BaFTHyperParams(model_name="m", early_stop_locality=0.005, cap_locality=0.001)
+    assert BaFTHyperParams(model_name="m", early_stop_locality=0.005, cap_locality="3e-2").cap_locality == 0.03
+
+
 def test_single_int_layer_becomes_a_list():
     assert BaFTHyperParams(model_name="m", layers=5).layers == [5]

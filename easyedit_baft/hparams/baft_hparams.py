@@ -76,6 +76,10 @@ class BaFTHyperParams(_HostHyperParams):
     # Early stop also waits until the locality penalty on unrelated prompts is at most this (None: it
     # does not wait). Stopping as soon as the edit holds leaves the gate half-open on unrelated text.
     early_stop_locality: Optional[float] = None
+    # At the step cap, an edit that held but never within early_stop_locality ends at its most local step
+    # that held only where that step's penalty is at most this; beyond it, at its best step within the
+    # budget (None: no bound). In a sequence one block far over the budget moves every later prompt.
+    cap_locality: Optional[float] = None
     weight_decay: float = 0.0
 
     # The basis gate g(h) = sigmoid((U h + c) / tau).
@@ -259,6 +263,11 @@ def validate(hp: BaFTHyperParams) -> None:
     _check_float(hp, "early_stop_loss", 0.0, strictly_above=True)
     if hp.early_stop_locality is not None:
         _check_float(hp, "early_stop_locality", 0.0, strictly_above=True)
+    if hp.cap_locality is not None:
+        if hp.early_stop_locality is None:
+            _fail("cap_locality", hp.cap_locality, "it bounds a step beyond early_stop_locality: set "
+                  "early_stop_locality too, or cap_locality: null")
+        _check_float(hp, "cap_locality", hp.early_stop_locality)
     _check_float(hp, "weight_decay", 0.0)
     _check_choice(hp, "gate", GATE_MODES)
     _check_choice(hp, "locality_penalty", LOCALITY_PENALTIES)
