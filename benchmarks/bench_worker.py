@@ -75,8 +75,10 @@ def changed_fields(saved: dict, spec: RunSpec) -> list:
     """What differs between a saved result and this spec, for the 'redone' message."""
     recorded = {**(saved.get("hparams") or {}), **(saved.get("run_spec") or {})}
     current = {**spec.hparams, **spec.record()["run_spec"]}
+    # A field the saved result lacks is one added since (LATER_FIELDS), unset when it was made.
     return [f"{k}: {recorded.get(k)!r} -> {v!r}" for k, v in current.items()
-            if k in recorded and recorded[k] != v] or ["no run key" if "run_key" not in saved else "run key"]
+            if recorded.get(k) != v and (k in recorded or k in LATER_FIELDS)] or [
+        "no run key" if "run_key" not in saved else "run key"]
 
 
 def fresh_editor(args, host: Host, spec: MethodSpec, hparams, run: RunSpec, requests):

@@ -17,7 +17,7 @@ from bench_methods import METHODS, load_hparams  # noqa: E402
 from bench_progress import Journal, SequenceCheckpoint, checkpoint_dir, final_state_dir, journal_path  # noqa: E402
 from bench_report import curve_points, load_runs, table_row  # noqa: E402
 from bench_scenarios import Host, Scenario, run_sequential, run_undone  # noqa: E402
-from bench_worker import REPO_ROOT, hparams_record, portable_path  # noqa: E402
+from bench_worker import REPO_ROOT, RunSpec, changed_fields, hparams_record, portable_path  # noqa: E402
 
 
 class Interrupted(Exception):
@@ -464,3 +464,11 @@ def test_committed_results_name_no_absolute_path():
         absolute = re.findall(r'"(/[^"]*)"', path.read_text())
         assert not absolute, (f"{path.relative_to(REPO_ROOT)} names an absolute path, {absolute[0]!r}; "
                               "record it relative to the repository")
+
+
+def test_the_redo_message_names_a_field_added_since_the_result_was_made():
+    spec = RunSpec("BaFT", "zsre", "single", 2, {"layers": [5], "cap_locality": 0.03}, "d", "m", {})
+    saved = {"run_key": "old", "hparams": {"layers": [5]}, "run_spec": spec.record()["run_spec"]}
+    assert changed_fields(saved, spec) == ["cap_locality: None -> 0.03"]
+    assert changed_fields({**saved, "hparams": {"layers": [4]}}, dataclasses.replace(spec, hparams={"layers": [5]})) == [
+        "layers: [4] -> [5]"]
