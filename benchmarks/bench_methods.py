@@ -196,8 +196,7 @@ METHODS: Dict[str, MethodSpec] = {spec.name: spec for spec in [
     MethodSpec("LoRA", "LoRA", optional=True, batchable=True),
     MethodSpec("WISE", "WISE", optional=True, takes_loc_prompts=True),
     MethodSpec("AlphaEdit", "AlphaEdit", optional=True, batchable=True),
-    MethodSpec("ULTRAEDIT", "ULTRAEDIT", optional=True, batchable=True),
-]}
+    MethodSpec("ULTRAEDIT", "ULTRAEDIT", optional=True, batchable=True)]}
 DEFAULT_METHODS = [name for name, spec in METHODS.items() if not spec.optional]
 
 

@@ -28,7 +28,7 @@ from bench_scenarios import (EM_LOCALITY, SCORES, Host, Scenario, checkpoint_ste
 from easyedit_baft.metrics import mean
 
 PATH_FIELDS = ("model_name", "stats_dir", "locality_source", "P_loc")
-# BaFT fields added after results were keyed enter a key only where they act, so older results keep theirs.
+# BaFT fields added after results were keyed enter a key only where they act (unset, a run is as before).
 LATER_FIELDS = {"rank_per_request": lambda hp: hp.rank_per_request and hp.batch_size > 1,
                 "cap_locality": lambda hp: hp.cap_locality is not None}
 SAMPLE_BYTES = 1 << 20  # a model file over twice this is hashed by its two ends: a whole 13 GB one takes minutes
@@ -75,10 +75,8 @@ def changed_fields(saved: dict, spec: RunSpec) -> list:
     """What differs between a saved result and this spec, for the 'redone' message."""
     recorded = {**(saved.get("hparams") or {}), **(saved.get("run_spec") or {})}
     current = {**spec.hparams, **spec.record()["run_spec"]}
-    # A field the saved result lacks is one added since (LATER_FIELDS), unset when it was made.
-    return [f"{k}: {recorded.get(k)!r} -> {v!r}" for k, v in current.items()
-            if recorded.get(k) != v and (k in recorded or k in LATER_FIELDS)] or [
-        "no run key" if "run_key" not in saved else "run key"]
+    return [f"{k}: {recorded.get(k)!r} -> {v!r}" for k, v in current.items() if recorded.get(k) != v and (
+        k in recorded or k in LATER_FIELDS)] or ["no run key" if "run_key" not in saved else "run key"]
 
 
 def fresh_editor(args, host: Host, spec: MethodSpec, hparams, run: RunSpec, requests):
