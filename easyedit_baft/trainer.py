@@ -510,9 +510,9 @@ def train_edit(model, tok, requests: List[dict], hp: BaFTHyperParams, state: plu
                 # The step cap: the last step's locality is untested, maybe unmet. An edit that held
                 # ends at its most local step that held, unless that is beyond cap_locality; a failed
                 # edit must not shift every input, so it ends at its best step within the budget.
-                bounded = held if held is None or hp.cap_locality is None or \
-                    held.report.unrelated_change <= hp.cap_locality else None
-                kept = fallback or bounded or kept or held
+                within_cap = held is not None and (
+                    hp.cap_locality is None or held.report.unrelated_change <= hp.cap_locality)
+                kept = fallback or (held if within_cap else None) or kept or held
                 if kept is not None:
                     report, kept_usage = kept.restore(params, hp.n_steps), kept.usage
                 if fallback is not None:
