@@ -10,8 +10,7 @@ from easyedit_baft.records import edit_kwargs, read_records
 
 # Name on the command line -> file under the data dir.
 DATA_FILES: Dict[str, str] = {
-    "zsre": "zsre/zsre_mend_eval_portability_gpt4.json",
-    "counterfact": "counterfact/counterfact-edit.json",
+    "zsre": "zsre/zsre_mend_eval_portability_gpt4.json", "counterfact": "counterfact/counterfact-edit.json",
     "knowedit_zsre": "knowedit/ZsRE/ZsRE-test-all.json",
     "knowedit_wikicf": "knowedit/wiki_counterfact/train_cf.json",
     "knowedit_wikibio": "knowedit/WikiBio/wikibio-test-all.json",

@@ -30,7 +30,8 @@ from easyedit_baft.metrics import mean
 PATH_FIELDS = ("model_name", "stats_dir", "locality_source", "P_loc")
 # BaFT fields added after results were keyed enter a key only where they act (unset, a run is as before).
 LATER_FIELDS = {"rank_per_request": lambda hp: hp.rank_per_request and hp.batch_size > 1,
-                "cap_locality": lambda hp: hp.cap_locality is not None}
+                "cap_locality": lambda hp: hp.cap_locality is not None,
+                "relation_templates": lambda hp: hp.relation_templates != "questions"}
 SAMPLE_BYTES = 1 << 20  # a model file over twice this is hashed by its two ends: a whole 13 GB one takes minutes
 
 

@@ -95,9 +95,13 @@ def subject_swapped_prompts(prompt: str, subject, n: int, rng: random.Random) ->
     return [prompt.replace(subject, name) for name in rng.sample(others, min(n, len(others)))]
 
 
+# relation_templates: the shipped templates of each form ({} stands for the subject).
+RELATION_TEMPLATE_FILES = {"questions": "relation_templates.txt", "statements": "relation_statements.txt"}
+
+
 @lru_cache(maxsize=None)
-def relation_templates() -> tuple:
-    return _package_lines("relation_templates.txt")
+def relation_templates(form: str = "questions") -> tuple:
+    return _package_lines(RELATION_TEMPLATE_FILES[form])
 
 
 def _content_words(text: str) -> set:
@@ -105,7 +109,7 @@ def _content_words(text: str) -> set:
     return {w for w in words if len(w) > 3}  # drops what, was, the, is, of, did, ...
 
 
-def relation_swapped_prompts(prompt: str, subject, n: int, rng: random.Random,
+def relation_swapped_prompts(prompt: str, subject, n: int, rng: random.Random, form: str = "questions",
                              max_overlap: float = RELATION_OVERLAP) -> List[str]:
     """The subject asked about through n other relations ([] when the subject is not in the prompt).
 
@@ -118,7 +122,8 @@ def relation_swapped_prompts(prompt: str, subject, n: int, rng: random.Random,
         return []
     asked = _content_words(prompt.replace(subject, " "))
     chosen = []
-    for template in rng.sample(relation_templates(), len(relation_templates())):
+    templates = relation_templates(form)
+    for template in rng.sample(templates, len(templates)):
         words = _content_words(template.replace("{}", " "))
         if words and len(words & asked) / len(words | asked) > max_overlap:
             continue

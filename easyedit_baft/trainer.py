@@ -103,7 +103,8 @@ def _unrelated_rows(tok, requests: List[dict], hp: BaFTHyperParams, rng: random.
     chosen += [(r["loc_prompt"], False) for r in requests if r.get("loc_prompt")]
     for request in requests:
         swapped = subject_swapped_prompts(request["prompt"], request.get("subject"), hp.n_subject_swaps, rng)
-        swapped += relation_swapped_prompts(request["prompt"], request.get("subject"), hp.n_relation_swaps, rng)
+        swapped += relation_swapped_prompts(request["prompt"], request.get("subject"), hp.n_relation_swaps, rng,
+                                            hp.relation_templates)
         chosen += [(text, False) for text in swapped]
     return [row for row in (_unrelated_row(tok, text, hp, cacheable) for text, cacheable in chosen) if row]
 

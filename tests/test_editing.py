@@ -407,6 +407,14 @@ def test_relation_swapped_prompts_ask_other_questions_about_the_same_subject():
     assert not any("occupation" in text for text in swapped)  # the edited question's own wording is skipped
 
 
+def test_statement_templates_state_other_facts_about_the_same_subject():
+    statements = set(relation_templates("statements"))
+    swapped = relation_swapped_prompts("Who founded Nokia?", "Nokia", 80, random.Random(0), form="statements")
+    assert not statements & set(relation_templates("questions"))
+    assert len(set(swapped)) == len(statements) - 1 and "Nokia was founded in the year" not in swapped
+    assert all(text.replace("Nokia", "{}", 1) in statements for text in swapped)
+
+
 def test_relation_swaps_are_held_unchanged_in_training(tok):
     with_swaps = plumbing.get_state(edit(tiny_llama(), tok, REQUESTS[0], hparams(n_relation_swaps=5))[0]).last_report
     without = plumbing.get_state(edit(tiny_llama(), tok, REQUESTS[0], hparams())[0]).last_report

@@ -104,7 +104,7 @@ BAD_VALUES = [
     ("early_stop_loss", 0.0), ("early_stop_locality", 0.0), ("early_stop_locality", "low"), ("weight_decay", -0.1), ("gate", "sigmoid"), ("gate_temperature", 0),
     ("gate_init_std", -1), ("lambda_loc", -1), ("kl_weight", float("inf")), ("lambda_lb", "x"),
     ("locality_source", ""), ("n_locality_prompts", -1), ("n_subject_swaps", -1), ("n_subject_swaps", 1.5),
-    ("n_context_prefixes", None), ("screen_negatives", -1),
+    ("relation_templates", "answers"), ("n_context_prefixes", None), ("screen_negatives", -1),
     ("replay_edits", -2), ("grow_rank", -1), ("grow_rank", 2.0), ("seed", -1), ("seed", 2**32), ("gate_input_norm", 1),
 ]
 

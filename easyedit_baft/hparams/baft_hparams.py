@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Union
 
 import yaml
 
-from ..prompt_sources import LocalitySource, is_named_source
+from ..prompt_sources import RELATION_TEMPLATE_FILES, LocalitySource, is_named_source
 
 from .. import host as _host
 
@@ -110,9 +110,11 @@ class BaFTHyperParams(_HostHyperParams):
     n_locality_prompts: int = 32
     # Per request, its prompt with the subject swapped for this many other names, also held unchanged.
     n_subject_swaps: int = 0
-    # Per request, its subject asked about through this many other relations (templates of the ZsRE
-    # train split), also held unchanged: the gate must tell the edited relation from the subject's others.
+    # Per request, its subject asked about through this many other relations, also held unchanged: the
+    # gate must tell the edited relation from the subject's others. Their templates: 'questions' (of the
+    # ZsRE train split) or 'statements' (written for the package; a question's paraphrases stay questions).
     n_relation_swaps: int = 0
+    relation_templates: str = "questions"
     # Once an edit holds within early_stop_locality, its trainable bases are checked once on every pool
     # prompt and, with replay_at_layer and grow_rank, every earlier edit's prompt (states cached at the
     # one layer; rows held already and an earlier edit of the same prompt are skipped). Up to this many
@@ -284,6 +286,7 @@ def validate(hp: BaFTHyperParams) -> None:
     _check_int(hp, "n_locality_prompts", 0)
     _check_int(hp, "n_subject_swaps", 0)
     _check_int(hp, "n_relation_swaps", 0)
+    _check_choice(hp, "relation_templates", RELATION_TEMPLATE_FILES)
     _check_int(hp, "screen_negatives", 0)
     if hp.screen_negatives and (hp.early_stop_locality is None or hp.lambda_loc <= 0):
         _fail("screen_negatives", hp.screen_negatives, "the check holds rows to early_stop_locality: set "
