@@ -111,12 +111,13 @@ def _content_words(text: str) -> set:
 
 def relation_swapped_prompts(prompt: str, subject, n: int, rng: random.Random, form: str = "questions",
                              max_overlap: float = RELATION_OVERLAP) -> List[str]:
-    """The subject asked about through n other relations ([] when the subject is not in the prompt).
+    """The subject through n other relations, as templates of the given form ask or state them
+    ([] when the subject is not in the prompt).
 
     Another fact about the same subject must keep its old answer: these prompts teach the gate to
     open on the edited relation too, not on the subject alone. A template sharing more than
     max_overlap of its content words with the edit prompt is skipped: it is likely a paraphrase
-    of the edited question, which must change.
+    of the edited prompt, which must change.
     """
     if n <= 0 or not isinstance(subject, str) or not subject.strip() or subject not in prompt:
         return []
