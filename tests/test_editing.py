@@ -24,6 +24,7 @@ from tiny_models import (
     tiny_llama,
 )
 from easyedit_baft import layers as plumbing
+from easyedit_baft import trainer
 from easyedit_baft.baft_main import apply_baft_to_model
 from easyedit_baft.trainer import STATE_CACHE_ATTR, _Screen, build_batch, build_interventions
 from easyedit_baft.hparams.baft_hparams import LOCALITY_PENALTIES
@@ -415,6 +416,14 @@ def test_statement_templates_state_other_facts_about_the_same_subject():
     assert all(text.replace("Nokia", "{}", 1) in statements for text in swapped)
 
 
+def test_the_configured_template_form_reaches_the_relation_swaps(tok, monkeypatch):
+    forms = []
+    monkeypatch.setattr(trainer, "relation_swapped_prompts",
+                        lambda *args: forms.append(args[4]) or relation_swapped_prompts(*args))
+    edit(tiny_llama(), tok, REQUESTS[0], hparams(n_relation_swaps=2, relation_templates="statements"))
+    assert forms and set(forms) == {"statements"}
+
+
 def test_relation_swaps_are_held_unchanged_in_training(tok):
     with_swaps = plumbing.get_state(edit(tiny_llama(), tok, REQUESTS[0], hparams(n_relation_swaps=5))[0]).last_report
     without = plumbing.get_state(edit(tiny_llama(), tok, REQUESTS[0], hparams())[0]).last_report
@@ -488,7 +497,6 @@ def test_the_screen_scores_every_row_as_the_penalty_does_and_picks_the_worst(tok
 
 
 def test_a_screen_that_finds_nothing_changes_nothing(tok, tmp_path, monkeypatch):
-    import easyedit_baft.trainer as trainer
 
     built = []
     monkeypatch.setattr(trainer, "_Screen", lambda *a: built.append(1) or _Screen(*a))
@@ -532,7 +540,6 @@ def test_an_edit_of_an_edited_prompt_does_not_hold_the_old_edit_unchanged(tok):
 
 
 def test_states_read_in_chunks_are_the_states_read_at_once(tok, monkeypatch):
-    import easyedit_baft.trainer as trainer
 
     model = tiny_llama()
     hp = hparams(layers=[1])
